@@ -1,1 +1,175 @@
-fn main() {}
+//! `coalesce`: replay real allocator traces on a simulated device and compare policies.
+
+use clap::{Args, Parser, Subcommand};
+use coalesce_cli::replay::{self, ReplayConfig};
+use coalesce_cli::report::{json, plot, table};
+use coalesce_cli::units::parse_size;
+use coalesce_device::backend::sim::SimConfig;
+use coalesce_device::policy::{PolicySpec, REGISTRY, registry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for bad input (a malformed trace or option), as usage errors.
+const EXIT_BAD_INPUT: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "coalesce",
+    version,
+    about = "GPU memory pools that end fragmentation: replay real allocator traces, compare policies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay allocator traces under allocation policies on a simulated GPU and report reserved
+    /// memory, driver calls and the allocator's CPU cost per operation.
+    Replay(ReplayArgs),
+    /// List the allocation policies and their options.
+    Policies,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Trace files: CSV (header action,addr,size,stream) or PyTorch snapshot pickles from
+    /// torch.cuda.memory._dump_snapshot, optionally gzip-compressed. Default: the traces
+    /// bundled in traces/.
+    traces: Vec<PathBuf>,
+
+    /// Policies to compare, comma-separated, each optionally with options in
+    /// PYTORCH_CUDA_ALLOC_CONF syntax, e.g. `bfc-classic,torch-native:max_split_size_mb:512`.
+    /// May be repeated. Default: every policy (see `coalesce policies`).
+    #[arg(long, short, value_name = "NAME[:OPTIONS][,...]")]
+    policy: Vec<String>,
+
+    /// Print one JSON object per trace and policy per line instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Write one SVG per trace into DIR: requested and reserved bytes over the replay.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+
+    /// Memory of the simulated GPU (e.g. 80GiB); allocations beyond it fail as out-of-memory
+    /// after the policy releases its cache.
+    #[arg(long, default_value = "80GiB", value_parser = parse_size)]
+    capacity: u64,
+
+    /// Timed repeats per trace and policy; the median CPU cost per op is reported.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    repeats: u64,
+
+    /// Ticks (trace operations) a stream needs to finish work enqueued on it; models GPU lag
+    /// for stream-ordered reuse across streams. 0: work completes at once.
+    #[arg(long, default_value_t = 0)]
+    stream_lag: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Replay(args) => run_replay(args),
+        Command::Policies => {
+            print_policies();
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn print_policies() {
+    for p in REGISTRY {
+        println!("{:<18} {}", p.name, p.summary);
+        for (key, help) in p.options {
+            println!("{:<18}   {key}: {help}", "");
+        }
+    }
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn run_replay(args: ReplayArgs) -> ExitCode {
+    let specs = match policy_specs(&args.policy) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let paths = if args.traces.is_empty() {
+        match replay::bundled_traces() {
+            Ok(p) => p,
+            Err(e) => return fail(EXIT_BAD_INPUT, e),
+        }
+    } else {
+        args.traces.clone()
+    };
+    let mut traces = Vec::new();
+    for path in &paths {
+        match replay::load_trace(path) {
+            Ok(ts) => traces.extend(ts),
+            Err(e) => return fail(EXIT_BAD_INPUT, e),
+        }
+    }
+    for t in &traces {
+        report_warnings(t);
+    }
+    let config = ReplayConfig {
+        sim: SimConfig {
+            capacity: args.capacity,
+            stream_lag: args.stream_lag,
+            ..SimConfig::default()
+        },
+        repeats: args.repeats as usize,
+        series_points: 2000,
+    };
+    let results = match replay::replay_all(&traces, &specs, &config) {
+        Ok(r) => r,
+        Err(e) => return fail(1, e),
+    };
+    if args.json {
+        for r in &results {
+            println!("{}", json::replay_line(r));
+        }
+    } else {
+        println!("{}", table::replay_table(&results));
+    }
+    if let Some(dir) = &args.plot {
+        for t in &traces {
+            let of_trace: Vec<_> = results.iter().filter(|r| r.trace == t.name).collect();
+            match plot::write_trace_plot(dir, &of_trace) {
+                Ok(path) => eprintln!("wrote {}", path.display()),
+                Err(e) => return fail(1, e),
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn policy_specs(args: &[String]) -> Result<Vec<PolicySpec>, String> {
+    if args.is_empty() {
+        return Ok(REGISTRY.iter().map(|p| PolicySpec::named(p.name)).collect());
+    }
+    let mut specs = Vec::new();
+    for a in args {
+        specs.extend(registry::parse_list(a).map_err(|e| e.to_string())?);
+    }
+    Ok(specs)
+}
+
+/// Trace oddities on stderr: the first few with their location, then a count.
+fn report_warnings(t: &coalesce_trace::Trace) {
+    const SHOWN: usize = 5;
+    for w in t.warnings.iter().take(SHOWN) {
+        eprintln!("warning: {}: {w}", t.name);
+    }
+    if t.warnings.len() > SHOWN {
+        eprintln!(
+            "warning: {}: ... and {} more",
+            t.name,
+            t.warnings.len() - SHOWN
+        );
+    }
+}

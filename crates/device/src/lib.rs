@@ -1,1 +1,12 @@
-//! stub
+//! # coalesce-device: device memory pools
+//!
+//! Layers, bottom up (each a folder):
+//! - [`backend`]: where memory comes from. The [`backend::Backend`] trait is the driver as a
+//!   policy sees it; [`backend::sim::SimDevice`] implements it for replay and tests.
+//! - [`policy`]: allocation policies (ours and faithful models of the peers), each deciding
+//!   which addresses to hand out and when to call the backend. Algorithms come from
+//!   `coalesce-core`.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod policy;

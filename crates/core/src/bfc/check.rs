@@ -64,12 +64,12 @@ impl Bfc {
                     c.prev
                 );
                 ensure!(
-                    c.size > 0 && c.size % align == 0 && c.addr % align == 0,
+                    c.size > 0 && c.size.is_multiple_of(align) && c.addr.is_multiple_of(align),
                     "chunk {i} at {:#x} misaligned",
                     c.addr
                 );
                 ensure!(
-                    !(prev_free && !c.in_use),
+                    c.in_use || !prev_free,
                     "adjacent free chunks at {:#x} in region {r}",
                     c.addr
                 );

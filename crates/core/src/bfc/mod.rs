@@ -393,7 +393,7 @@ impl Bfc {
         if size == 0 {
             return bad("empty");
         }
-        if base % a != 0 || size % a != 0 {
+        if !base.is_multiple_of(a) || !size.is_multiple_of(a) {
             return bad("not aligned to the allocator's alignment");
         }
         let Some(end) = base.checked_add(size) else {
@@ -458,7 +458,8 @@ impl Bfc {
         let r = self.region(id)?;
         let (base, size, last) = (r.base, r.size, r.last);
         let c = self.chunks.get(last);
-        if bytes == 0 || bytes % self.config.alignment != 0 || c.in_use || c.size <= bytes {
+        if bytes == 0 || !bytes.is_multiple_of(self.config.alignment) || c.in_use || c.size <= bytes
+        {
             return Err(BfcError::BadRegion {
                 base,
                 size,

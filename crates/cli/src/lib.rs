@@ -1,0 +1,8 @@
+//! # coalesce-cli: the `coalesce` command as a library
+//!
+//! Front-end layer: replay orchestration, reports (table, JSON, SVG) and units. The binary in
+//! `main.rs` only parses arguments and calls in here, so everything is testable.
+
+pub mod replay;
+pub mod report;
+pub mod units;

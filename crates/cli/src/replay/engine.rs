@@ -1,0 +1,226 @@
+//! Replaying one resolved trace under one policy on the simulated device.
+//!
+//! Two kinds of pass:
+//! - one **measured** pass, instrumented: requested and reserved bytes after every op (peaks,
+//!   a downsampled series for plots), driver calls, out-of-memory count;
+//! - several **timed** passes with no instrumentation, each on a fresh policy and device, whose
+//!   median gives the allocator's CPU cost per op. Parsing happened before; building and
+//!   dropping the policy are outside the timed region.
+
+use super::series::Series;
+use coalesce_device::backend::sim::{SimConfig, SimDevice};
+use coalesce_device::backend::{Backend, DriverCalls, StreamId};
+use coalesce_device::policy::{self, Policy, PolicyError, PolicySpec, alloc_with_recovery};
+use coalesce_trace::{Op, Trace};
+use std::time::Instant;
+
+/// Knobs of a replay.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayConfig {
+    pub sim: SimConfig,
+    /// Timed passes; the median is reported.
+    pub repeats: usize,
+    /// Points kept in the plotted series.
+    pub series_points: usize,
+}
+
+/// Everything measured for one trace under one policy.
+#[derive(Clone, Debug)]
+pub struct ReplayResult {
+    pub trace: String,
+    pub policy: String,
+    pub events: u64,
+    pub allocs: u64,
+    /// Allocations plus frees replayed.
+    pub ops: u64,
+    pub peak_requested_bytes: u64,
+    pub peak_reserved_bytes: u64,
+    /// Peak of the bytes the policy had handed out (requests after its rounding).
+    pub peak_allocated_bytes: u64,
+    pub driver_calls: DriverCalls,
+    /// Allocations that failed even after releasing cached memory.
+    pub ooms: u64,
+    /// Allocations that needed the release-and-retry path.
+    pub retries: u64,
+    /// Median ns per op over the timed passes, and every pass.
+    pub ns_per_op: f64,
+    pub ns_per_op_runs: Vec<f64>,
+    /// Wall-clock seconds of the measured pass.
+    pub wall_s: f64,
+    pub series: Series,
+}
+
+impl ReplayResult {
+    pub fn reserved_ratio(&self) -> f64 {
+        if self.peak_requested_bytes == 0 {
+            0.0
+        } else {
+            self.peak_reserved_bytes as f64 / self.peak_requested_bytes as f64
+        }
+    }
+}
+
+/// A replay that could not finish: the policy broke its contract.
+#[derive(Debug, thiserror::Error)]
+#[error("{policy} on {trace}: op {op}: {source}")]
+pub struct ReplayError {
+    pub trace: String,
+    pub policy: String,
+    pub op: usize,
+    pub source: PolicyError,
+}
+
+/// Address of a failed allocation (its free is skipped).
+const FAILED: u64 = u64::MAX;
+
+/// Stream handles of a trace, indexed like `Op` streams.
+fn streams(trace: &Trace) -> Vec<StreamId> {
+    trace.streams.iter().map(|&s| StreamId(s)).collect()
+}
+
+/// Replays `trace` under `spec`: one measured pass, then `repeats` timed passes.
+/// `progress` is called with the number of ops done since its last call.
+pub fn replay(
+    trace: &Trace,
+    spec: &PolicySpec,
+    config: &ReplayConfig,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ReplayResult, ReplayError> {
+    let mut result = measured_pass(trace, spec, config, progress)?;
+    for _ in 0..config.repeats.max(1) {
+        let ns = timed_pass(trace, spec, config)?;
+        result.ns_per_op_runs.push(ns);
+        progress(trace.ops.len() as u64);
+    }
+    result.ns_per_op = median(&result.ns_per_op_runs);
+    Ok(result)
+}
+
+fn new_policy(spec: &PolicySpec) -> Box<dyn Policy> {
+    policy::build(spec).expect("policy specs are validated before replay")
+}
+
+fn error(trace: &Trace, spec: &PolicySpec, op: usize, source: PolicyError) -> ReplayError {
+    ReplayError {
+        trace: trace.name.clone(),
+        policy: spec.to_string(),
+        op,
+        source,
+    }
+}
+
+fn measured_pass(
+    trace: &Trace,
+    spec: &PolicySpec,
+    config: &ReplayConfig,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ReplayResult, ReplayError> {
+    let mut policy = new_policy(spec);
+    let mut dev = SimDevice::new(config.sim);
+    let streams = streams(trace);
+    let sizes = trace.alloc_sizes();
+    let mut addrs = vec![FAILED; sizes.len()];
+    let mut series = Series::new(trace.ops.len(), config.series_points);
+    let (mut requested, mut peak_requested, mut peak_allocated, mut ooms, mut retries) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let start = Instant::now();
+    for (i, op) in trace.ops.iter().enumerate() {
+        dev.tick();
+        match *op {
+            Op::Alloc { id, size, stream } => {
+                match alloc_with_recovery(policy.as_mut(), &mut dev, size, streams[stream as usize])
+                {
+                    Ok((block, retried)) => {
+                        addrs[id as usize] = block.addr;
+                        requested += size;
+                        retries += retried as u64;
+                    }
+                    Err(e) if e.is_out_of_memory() => ooms += 1,
+                    Err(e) => return Err(error(trace, spec, i, e)),
+                }
+            }
+            Op::Free { id, stream } => {
+                let addr = std::mem::replace(&mut addrs[id as usize], FAILED);
+                if addr != FAILED {
+                    requested -= sizes[id as usize];
+                    policy
+                        .free(&mut dev, addr, streams[stream as usize])
+                        .map_err(|e| error(trace, spec, i, e))?;
+                }
+            }
+        }
+        peak_requested = peak_requested.max(requested);
+        peak_allocated = peak_allocated.max(policy.usage().allocated_bytes);
+        series.record(i, requested, dev.meter().reserved_bytes);
+        if i % 65_536 == 65_535 {
+            progress(65_536);
+        }
+    }
+    progress(trace.ops.len() as u64 % 65_536);
+    let wall_s = start.elapsed().as_secs_f64();
+    let meter = *dev.meter();
+    Ok(ReplayResult {
+        trace: trace.name.clone(),
+        policy: spec.to_string(),
+        events: trace.stats.events,
+        allocs: trace.stats.allocs,
+        ops: trace.ops.len() as u64,
+        peak_requested_bytes: peak_requested,
+        peak_reserved_bytes: meter.peak_reserved_bytes,
+        peak_allocated_bytes: peak_allocated,
+        driver_calls: meter.calls,
+        ooms,
+        retries,
+        ns_per_op: 0.0,
+        ns_per_op_runs: vec![],
+        wall_s,
+        series,
+    })
+}
+
+/// One uninstrumented pass; returns nanoseconds per op.
+fn timed_pass(trace: &Trace, spec: &PolicySpec, config: &ReplayConfig) -> Result<f64, ReplayError> {
+    let mut policy = new_policy(spec);
+    let mut dev = SimDevice::new(config.sim);
+    let streams = streams(trace);
+    let mut addrs = vec![FAILED; trace.stats.allocs as usize];
+    let start = Instant::now();
+    for (i, op) in trace.ops.iter().enumerate() {
+        dev.tick();
+        match *op {
+            Op::Alloc { id, size, stream } => {
+                match alloc_with_recovery(policy.as_mut(), &mut dev, size, streams[stream as usize])
+                {
+                    Ok((block, _)) => addrs[id as usize] = block.addr,
+                    Err(e) if e.is_out_of_memory() => {}
+                    Err(e) => return Err(error(trace, spec, i, e)),
+                }
+            }
+            Op::Free { id, stream } => {
+                let addr = addrs[id as usize];
+                if addr != FAILED {
+                    policy
+                        .free(&mut dev, addr, streams[stream as usize])
+                        .map_err(|e| error(trace, spec, i, e))?;
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    drop(policy);
+    Ok(elapsed.as_nanos() as f64 / trace.ops.len().max(1) as f64)
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

@@ -1,0 +1,87 @@
+//! Finding and loading traces.
+
+use coalesce_trace::{Trace, TraceError, read_trace, resolve};
+use std::path::{Path, PathBuf};
+
+/// The traces bundled with coalesce (`traces/` at the repository root), sorted by name.
+pub fn bundled_traces() -> Result<Vec<PathBuf>, String> {
+    let candidates = [
+        PathBuf::from("traces"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../traces"),
+    ];
+    let dir = candidates.iter().find(|d| d.is_dir()).ok_or_else(|| {
+        "no TRACE given and the bundled traces/ directory was not found (run from the repository root)".to_owned()
+    })?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_trace_file(p))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{} holds no trace files", dir.display()));
+    }
+    Ok(files)
+}
+
+fn is_trace_file(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    [
+        ".csv",
+        ".csv.gz",
+        ".pickle",
+        ".pickle.gz",
+        ".pkl",
+        ".pkl.gz",
+    ]
+    .iter()
+    .any(|ext| name.ends_with(ext))
+}
+
+/// A trace's display name: the file name without trace-format extensions.
+pub fn trace_name(path: &Path) -> String {
+    let mut name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("trace")
+        .to_owned();
+    for ext in [".gz", ".csv", ".pickle", ".pkl", ".trace"] {
+        if let Some(stripped) = name.strip_suffix(ext) {
+            name = stripped.to_owned();
+        }
+    }
+    name
+}
+
+/// Reads and resolves a trace file; a snapshot with several devices gives one trace each.
+pub fn load_trace(path: &Path) -> Result<Vec<Trace>, TraceError> {
+    let (_, devices) = read_trace(path)?;
+    let name = trace_name(path);
+    let several = devices.len() > 1;
+    Ok(devices
+        .iter()
+        .map(|d| {
+            let label = if several {
+                format!("{name}/cuda{}", d.device)
+            } else {
+                name.clone()
+            };
+            resolve(label, &d.events)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_drop_format_extensions() {
+        assert_eq!(
+            trace_name(Path::new("traces/gpt2_train.trace.csv.gz")),
+            "gpt2_train"
+        );
+        assert_eq!(trace_name(Path::new("/tmp/run.pickle")), "run");
+        assert_eq!(trace_name(Path::new("x.csv")), "x");
+    }
+}

@@ -1,0 +1,5 @@
+//! Rendering replay results: a human table, JSON lines, SVG plots.
+
+pub mod json;
+pub mod plot;
+pub mod table;

@@ -1,0 +1,270 @@
+//! The simulated device: a strict, deterministic stand-in for a GPU driver.
+//!
+//! It hands out fake addresses (nothing is ever dereferenced), enforces the same rules as the
+//! CUDA driver (see the [`Backend`] contract), counts every call and tracks reserved bytes.
+//! Trace replay runs every policy on it, and tests check after each step that what a policy
+//! handed out is really mapped and accessible ([`SimDevice::is_accessible`]).
+//!
+//! Time is logical: the replay advances a clock with [`SimDevice::tick`]. Work enqueued on a
+//! stream completes `stream_lag` ticks after it was enqueued (see [`streams`]).
+
+mod classic;
+mod streams;
+#[cfg(test)]
+mod tests;
+mod vmm;
+
+use super::{
+    Backend, BackendError, BackendResult, DevAddr, DriverCall, EventId, Meter, PhysHandle, StreamId,
+};
+use classic::ClassicHeap;
+use streams::StreamClock;
+use vmm::VirtualMemory;
+
+/// Configuration of a [`SimDevice`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimConfig {
+    pub device: i32,
+    /// Physical memory of the device; allocations beyond it fail with out-of-memory.
+    pub capacity: u64,
+    /// VMM granularity.
+    pub granularity: u64,
+    /// Ticks after which work enqueued on a stream has completed (0: at once).
+    pub stream_lag: u64,
+}
+
+impl Default for SimConfig {
+    /// An H100 80GB: 80 GiB, 2 MiB granules.
+    fn default() -> Self {
+        SimConfig {
+            device: 0,
+            capacity: 80 << 30,
+            granularity: 2 << 20,
+            stream_lag: 0,
+        }
+    }
+}
+
+/// A simulated GPU. See the module docs.
+#[derive(Debug)]
+pub struct SimDevice {
+    config: SimConfig,
+    meter: Meter,
+    classic: ClassicHeap,
+    vmm: VirtualMemory,
+    clock: StreamClock,
+}
+
+/// Address ranges of the fake address space: classic allocations below, reservations above.
+const CLASSIC_BASE: u64 = 0x7f00_0000_0000;
+const VIRTUAL_BASE: u64 = 0x6000_0000_0000;
+
+impl SimDevice {
+    pub fn new(config: SimConfig) -> Self {
+        assert!(config.granularity.is_power_of_two() && config.granularity >= 512);
+        SimDevice {
+            config,
+            meter: Meter::default(),
+            classic: ClassicHeap::new(CLASSIC_BASE, config.granularity),
+            vmm: VirtualMemory::new(VIRTUAL_BASE, config.granularity),
+            clock: StreamClock::new(config.stream_lag),
+        }
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Advances logical time by one tick (the replay calls this once per trace operation).
+    #[inline]
+    pub fn tick(&mut self) {
+        self.clock.tick();
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Whether every byte of `[addr, addr + size)` is usable by a kernel: inside a live classic
+    /// allocation, or mapped with access set.
+    pub fn is_accessible(&self, addr: DevAddr, size: u64) -> bool {
+        self.classic.contains(addr, size) || self.vmm.is_accessible(addr, size)
+    }
+
+    /// Physical bytes currently mapped into reservations.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.vmm.mapped_bytes()
+    }
+
+    /// Live physical handles and live classic allocations (for leak checks in tests).
+    pub fn live_objects(&self) -> (usize, usize) {
+        (self.vmm.live_handles(), self.classic.live())
+    }
+
+    fn reserve_physical(&mut self, call: DriverCall, size: u64) -> BackendResult<()> {
+        let free = self
+            .config
+            .capacity
+            .saturating_sub(self.meter.reserved_bytes);
+        if size > free {
+            return Err(BackendError::OutOfMemory {
+                call,
+                requested: size,
+                free,
+            });
+        }
+        self.meter.reserve(size);
+        Ok(())
+    }
+}
+
+impl Backend for SimDevice {
+    fn name(&self) -> &str {
+        "sim"
+    }
+
+    fn device(&self) -> i32 {
+        self.config.device
+    }
+
+    fn total_memory(&self) -> u64 {
+        self.config.capacity
+    }
+
+    fn free_memory(&mut self) -> BackendResult<u64> {
+        Ok(self
+            .config
+            .capacity
+            .saturating_sub(self.meter.reserved_bytes))
+    }
+
+    fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    fn reset_peak(&mut self) {
+        self.meter.reset_peak();
+    }
+
+    fn mem_alloc(&mut self, size: u64) -> BackendResult<DevAddr> {
+        self.meter.count(DriverCall::MemAlloc);
+        if size == 0 {
+            return Err(invalid(DriverCall::MemAlloc, "size 0"));
+        }
+        self.reserve_physical(DriverCall::MemAlloc, size)?;
+        Ok(self.classic.alloc(size))
+    }
+
+    fn mem_free(&mut self, addr: DevAddr) -> BackendResult<()> {
+        self.meter.count(DriverCall::MemFree);
+        let size = self
+            .classic
+            .free(addr)
+            .map_err(|r| invalid(DriverCall::MemFree, r))?;
+        self.meter.unreserve(size);
+        Ok(())
+    }
+
+    fn granularity(&self) -> u64 {
+        self.config.granularity
+    }
+
+    fn address_reserve(&mut self, size: u64) -> BackendResult<DevAddr> {
+        self.meter.count(DriverCall::AddressReserve);
+        self.vmm
+            .reserve(size)
+            .map_err(|r| invalid(DriverCall::AddressReserve, r))
+    }
+
+    fn address_free(&mut self, addr: DevAddr, size: u64) -> BackendResult<()> {
+        self.meter.count(DriverCall::AddressFree);
+        self.vmm
+            .free_reservation(addr, size)
+            .map_err(|r| invalid(DriverCall::AddressFree, r))
+    }
+
+    fn mem_create(&mut self, size: u64) -> BackendResult<PhysHandle> {
+        self.meter.count(DriverCall::MemCreate);
+        self.vmm
+            .check_granular(size)
+            .map_err(|r| invalid(DriverCall::MemCreate, r))?;
+        self.reserve_physical(DriverCall::MemCreate, size)?;
+        Ok(self.vmm.create(size))
+    }
+
+    fn mem_release(&mut self, handle: PhysHandle) -> BackendResult<()> {
+        self.meter.count(DriverCall::MemRelease);
+        let freed = self
+            .vmm
+            .release(handle)
+            .map_err(|r| invalid(DriverCall::MemRelease, r))?;
+        self.meter.unreserve(freed);
+        Ok(())
+    }
+
+    fn mem_map(&mut self, addr: DevAddr, handle: PhysHandle) -> BackendResult<()> {
+        self.meter.count(DriverCall::MemMap);
+        self.vmm
+            .map(addr, handle)
+            .map_err(|r| invalid(DriverCall::MemMap, r))
+    }
+
+    fn mem_unmap(&mut self, addr: DevAddr, size: u64) -> BackendResult<()> {
+        self.meter.count(DriverCall::MemUnmap);
+        let freed = self
+            .vmm
+            .unmap(addr, size)
+            .map_err(|r| invalid(DriverCall::MemUnmap, r))?;
+        self.meter.unreserve(freed);
+        Ok(())
+    }
+
+    fn set_access(&mut self, addr: DevAddr, size: u64) -> BackendResult<()> {
+        self.meter.count(DriverCall::SetAccess);
+        self.vmm
+            .set_access(addr, size)
+            .map_err(|r| invalid(DriverCall::SetAccess, r))
+    }
+
+    fn event_record(&mut self, stream: StreamId) -> BackendResult<EventId> {
+        self.meter.count(DriverCall::EventRecord);
+        Ok(self.clock.record(stream))
+    }
+
+    fn event_query(&mut self, event: EventId) -> BackendResult<bool> {
+        self.meter.count(DriverCall::EventQuery);
+        self.clock
+            .query(event)
+            .map_err(|r| invalid(DriverCall::EventQuery, r))
+    }
+
+    fn event_release(&mut self, event: EventId) {
+        self.clock.release(event);
+    }
+
+    fn stream_wait_event(&mut self, stream: StreamId, event: EventId) -> BackendResult<()> {
+        self.meter.count(DriverCall::StreamWaitEvent);
+        self.clock
+            .wait(stream, event)
+            .map_err(|r| invalid(DriverCall::StreamWaitEvent, r))
+    }
+
+    fn stream_synchronize(&mut self, stream: StreamId) -> BackendResult<()> {
+        self.meter.count(DriverCall::Synchronize);
+        self.clock.synchronize(Some(stream));
+        Ok(())
+    }
+
+    fn device_synchronize(&mut self) -> BackendResult<()> {
+        self.meter.count(DriverCall::Synchronize);
+        self.clock.synchronize(None);
+        Ok(())
+    }
+}
+
+fn invalid(call: DriverCall, reason: impl Into<String>) -> BackendError {
+    BackendError::Invalid {
+        call,
+        reason: reason.into(),
+    }
+}

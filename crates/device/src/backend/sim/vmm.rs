@@ -1,0 +1,253 @@
+//! Virtual memory management of the simulated device: reservations, physical handles,
+//! mappings and access, with CUDA's rules enforced.
+
+use std::collections::BTreeMap;
+
+use crate::backend::PhysHandle;
+use rustc_hash::FxHashMap;
+
+#[derive(Debug)]
+struct Handle {
+    size: u64,
+    /// Live mappings of this handle (CUDA allows several).
+    maps: u32,
+    /// `mem_release` was called; the memory goes away with the last mapping.
+    released: bool,
+}
+
+#[derive(Debug)]
+struct Mapping {
+    size: u64,
+    handle: u64,
+    accessible: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct VirtualMemory {
+    granularity: u64,
+    next_va: u64,
+    /// start -> size
+    reservations: BTreeMap<u64, u64>,
+    handles: FxHashMap<u64, Handle>,
+    next_handle: u64,
+    /// start -> mapping
+    mappings: BTreeMap<u64, Mapping>,
+    mapped_bytes: u64,
+}
+
+type Res<T> = Result<T, String>;
+
+impl VirtualMemory {
+    pub fn new(base: u64, granularity: u64) -> Self {
+        VirtualMemory {
+            granularity,
+            next_va: base,
+            reservations: BTreeMap::new(),
+            handles: FxHashMap::default(),
+            next_handle: 1,
+            mappings: BTreeMap::new(),
+            mapped_bytes: 0,
+        }
+    }
+
+    pub fn check_granular(&self, size: u64) -> Res<()> {
+        if size == 0 || !size.is_multiple_of(self.granularity) {
+            return Err(format!(
+                "size {size} is not a positive multiple of the granularity {}",
+                self.granularity
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn reserve(&mut self, size: u64) -> Res<u64> {
+        self.check_granular(size)?;
+        let va = self.next_va;
+        // Leave an unreserved granule between reservations so overruns are caught.
+        self.next_va = va
+            .checked_add(size + self.granularity)
+            .ok_or("virtual address space exhausted")?;
+        self.reservations.insert(va, size);
+        Ok(va)
+    }
+
+    pub fn free_reservation(&mut self, addr: u64, size: u64) -> Res<()> {
+        match self.reservations.get(&addr) {
+            Some(&s) if s == size => {}
+            Some(&s) => {
+                return Err(format!(
+                    "reservation at {addr:#x} has {s} bytes, not {size}"
+                ));
+            }
+            None => return Err(format!("{addr:#x} is not the start of a reservation")),
+        }
+        if let Some((&m, _)) = self.mappings.range(addr..addr + size).next() {
+            return Err(format!(
+                "reservation at {addr:#x} still has a mapping at {m:#x}"
+            ));
+        }
+        self.reservations.remove(&addr);
+        Ok(())
+    }
+
+    pub fn create(&mut self, size: u64) -> PhysHandle {
+        let id = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(
+            id,
+            Handle {
+                size,
+                maps: 0,
+                released: false,
+            },
+        );
+        PhysHandle(id)
+    }
+
+    /// Returns the bytes freed now (0 while mappings keep the memory alive).
+    pub fn release(&mut self, h: PhysHandle) -> Res<u64> {
+        let handle = self
+            .handles
+            .get_mut(&h.0)
+            .ok_or_else(|| format!("unknown handle {}", h.0))?;
+        if handle.released {
+            return Err(format!("handle {} released twice", h.0));
+        }
+        handle.released = true;
+        Ok(self.drop_if_dead(h.0))
+    }
+
+    fn drop_if_dead(&mut self, h: u64) -> u64 {
+        match self.handles.get(&h) {
+            Some(handle) if handle.released && handle.maps == 0 => {
+                let size = handle.size;
+                self.handles.remove(&h);
+                size
+            }
+            _ => 0,
+        }
+    }
+
+    pub fn map(&mut self, addr: u64, h: PhysHandle) -> Res<()> {
+        let handle = self
+            .handles
+            .get(&h.0)
+            .ok_or_else(|| format!("unknown handle {}", h.0))?;
+        if handle.released {
+            return Err(format!("handle {} was released", h.0));
+        }
+        let size = handle.size;
+        if !addr.is_multiple_of(self.granularity) {
+            return Err(format!("address {addr:#x} is not granule-aligned"));
+        }
+        if !self.inside_reservation(addr, size) {
+            return Err(format!(
+                "[{addr:#x}, +{size}) is not inside one reservation"
+            ));
+        }
+        if self.overlapping_mapping(addr, size).is_some() {
+            return Err(format!("[{addr:#x}, +{size}) overlaps an existing mapping"));
+        }
+        self.mappings.insert(
+            addr,
+            Mapping {
+                size,
+                handle: h.0,
+                accessible: false,
+            },
+        );
+        self.handles.get_mut(&h.0).expect("checked above").maps += 1;
+        self.mapped_bytes += size;
+        Ok(())
+    }
+
+    /// Returns the bytes freed now (non-zero when the handle was already released).
+    pub fn unmap(&mut self, addr: u64, size: u64) -> Res<u64> {
+        match self.mappings.get(&addr) {
+            Some(m) if m.size == size => {}
+            Some(m) => {
+                return Err(format!(
+                    "mapping at {addr:#x} has {} bytes; cuMemUnmap cannot unmap {size}",
+                    m.size
+                ));
+            }
+            None => return Err(format!("no mapping starts at {addr:#x}")),
+        }
+        let m = self.mappings.remove(&addr).expect("checked above");
+        self.mapped_bytes -= size;
+        self.handles
+            .get_mut(&m.handle)
+            .expect("mapped handle exists")
+            .maps -= 1;
+        Ok(self.drop_if_dead(m.handle))
+    }
+
+    /// The range must consist of whole, contiguous mappings.
+    pub fn set_access(&mut self, addr: u64, size: u64) -> Res<()> {
+        let starts = self.whole_mappings(addr, size)?;
+        for s in starts {
+            self.mappings.get_mut(&s).expect("found above").accessible = true;
+        }
+        Ok(())
+    }
+
+    /// Starts of the mappings that exactly tile `[addr, addr + size)`.
+    fn whole_mappings(&self, addr: u64, size: u64) -> Res<Vec<u64>> {
+        let (mut at, end, mut starts) = (addr, addr + size, vec![]);
+        if size == 0 {
+            return Err("empty range".into());
+        }
+        while at < end {
+            let m = self
+                .mappings
+                .get(&at)
+                .ok_or_else(|| format!("no mapping starts at {at:#x}"))?;
+            starts.push(at);
+            at += m.size;
+        }
+        if at != end {
+            return Err(format!(
+                "range ends at {end:#x}, inside the mapping that ends at {at:#x}"
+            ));
+        }
+        Ok(starts)
+    }
+
+    pub fn is_accessible(&self, addr: u64, size: u64) -> bool {
+        let (mut at, end) = (addr, addr + size.max(1));
+        while at < end {
+            match self.mappings.range(..=at).next_back() {
+                Some((&s, m)) if s + m.size > at && m.accessible => at = s + m.size,
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    fn inside_reservation(&self, addr: u64, size: u64) -> bool {
+        self.reservations
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(&s, &len)| addr + size <= s + len)
+    }
+
+    fn overlapping_mapping(&self, addr: u64, size: u64) -> Option<u64> {
+        if let Some((&s, m)) = self.mappings.range(..=addr).next_back()
+            && s + m.size > addr
+        {
+            return Some(s);
+        }
+        self.mappings
+            .range(addr..addr + size)
+            .next()
+            .map(|(&s, _)| s)
+    }
+
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped_bytes
+    }
+
+    pub fn live_handles(&self) -> usize {
+        self.handles.len()
+    }
+}

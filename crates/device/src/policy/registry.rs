@@ -1,0 +1,75 @@
+//! The registry of policies. Adding a policy is one entry here plus its module.
+
+use super::spec::{PolicySpec, SpecError};
+use super::{Policy, bfc_classic, cuda_malloc};
+
+/// A policy the CLI, the pool and the C ABI can build by name.
+#[derive(Debug)]
+pub struct PolicyInfo {
+    pub name: &'static str,
+    /// One line for `--help` and reports.
+    pub summary: &'static str,
+    /// `(key, help)` for each option the policy accepts.
+    pub options: &'static [(&'static str, &'static str)],
+    /// Builds the policy; options were already checked against `options`.
+    pub build: fn(&PolicySpec) -> Result<Box<dyn Policy>, SpecError>,
+}
+
+/// Every policy, in the order reports list them.
+pub static REGISTRY: &[PolicyInfo] = &[bfc_classic::INFO, cuda_malloc::INFO];
+
+pub fn lookup(name: &str) -> Option<&'static PolicyInfo> {
+    REGISTRY.iter().find(|p| p.name == name)
+}
+
+/// Builds a policy from its spec, rejecting unknown names and options with an explanation.
+pub fn build(spec: &PolicySpec) -> Result<Box<dyn Policy>, SpecError> {
+    let info = lookup(&spec.name).ok_or_else(|| SpecError::UnknownPolicy {
+        name: spec.name.clone(),
+        known: REGISTRY
+            .iter()
+            .map(|p| p.name)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    let keys: Vec<&str> = info.options.iter().map(|(k, _)| *k).collect();
+    spec.expect_only(&keys)?;
+    (info.build)(spec)
+}
+
+/// Parses a comma-separated list of specs and checks that each one builds.
+pub fn parse_list(text: &str) -> Result<Vec<PolicySpec>, SpecError> {
+    let specs = PolicySpec::parse_list(text, |name| lookup(name).is_some())?;
+    for spec in &specs {
+        build(spec)?;
+    }
+    Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_build_without_options() {
+        for (i, p) in REGISTRY.iter().enumerate() {
+            assert!(
+                REGISTRY[..i].iter().all(|q| q.name != p.name),
+                "duplicate {}",
+                p.name
+            );
+            let policy = build(&PolicySpec::named(p.name)).unwrap();
+            assert_eq!(policy.name(), p.name);
+        }
+    }
+
+    #[test]
+    fn unknown_names_list_the_known_ones() {
+        let e = build(&PolicySpec::named("nope")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("unknown policy \"nope\"; known policies: "),
+            "{e}"
+        );
+        assert!(e.contains("bfc-classic"));
+    }
+}
