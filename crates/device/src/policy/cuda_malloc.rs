@@ -56,6 +56,11 @@ impl Policy for CudaMalloc {
         Ok(())
     }
 
+    /// `cuMemFree` synchronizes the device, so no stream can still use a freed block.
+    fn stream_aware(&self) -> bool {
+        true
+    }
+
     fn empty_cache(&mut self, _dev: &mut dyn Backend) -> Result<(), PolicyError> {
         Ok(())
     }

@@ -111,6 +111,15 @@ pub trait Policy: Send + fmt::Debug {
         stream: StreamId,
     ) -> Result<(), PolicyError>;
 
+    /// Whether the policy itself keeps reuse stream-ordered: a block freed on stream S is never
+    /// handed to an allocation on another stream T before S has passed the free (checked with
+    /// the backend's events, or made true with `stream_wait_event` on T). Reuse on S itself may
+    /// be immediate. Pools wrap policies that return `false` with deferred, event-checked frees
+    /// whenever more than one stream is in use.
+    fn stream_aware(&self) -> bool {
+        false
+    }
+
     /// Returns cached memory the policy does not need to the driver (PyTorch's `empty_cache`).
     fn empty_cache(&mut self, dev: &mut dyn Backend) -> Result<(), PolicyError>;
 

@@ -91,6 +91,14 @@ impl SimDevice {
         self.classic.contains(addr, size) || self.vmm.is_accessible(addr, size)
     }
 
+    /// Whether work enqueued on `stream` now would run after the work before `event`: the
+    /// hazard check for stream-ordered reuse (a block freed on another stream, with `event`
+    /// recorded at the free, is safe for `stream` exactly when this holds). Uncounted: a test
+    /// oracle, not a driver call.
+    pub fn is_ordered_after(&self, stream: StreamId, event: EventId) -> bool {
+        self.clock.is_ordered_after(stream, event).unwrap_or(false)
+    }
+
     /// Physical bytes currently mapped into reservations.
     pub fn mapped_bytes(&self) -> u64 {
         self.vmm.mapped_bytes()

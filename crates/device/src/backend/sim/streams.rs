@@ -68,6 +68,17 @@ impl StreamClock {
         self.events.remove(&e.0);
     }
 
+    /// Whether work enqueued on `stream` now runs after `e`'s work: the event has completed, or
+    /// the stream waits on something that completes no earlier.
+    pub fn is_ordered_after(&self, stream: StreamId, e: EventId) -> Result<bool, String> {
+        let done = *self
+            .events
+            .get(&e.0)
+            .ok_or_else(|| format!("unknown event {}", e.0))?;
+        let ready = self.ready_at.get(&stream).copied().unwrap_or(0);
+        Ok(done <= self.now || done <= ready)
+    }
+
     pub fn wait(&mut self, stream: StreamId, e: EventId) -> Result<(), String> {
         let done = *self
             .events

@@ -139,6 +139,13 @@ fn events_complete_after_the_stream_lag() {
     d.tick(); // now 6
     assert!(d.event_query(e1).unwrap());
     assert!(!d.event_query(e2).unwrap());
+    let e3 = d.event_record(s1).unwrap(); // done at 9
+    assert!(!d.is_ordered_after(s2, e3), "s2 has not waited for e3");
+    d.stream_wait_event(s2, e3).unwrap();
+    assert!(
+        d.is_ordered_after(s2, e3),
+        "after waiting, s2's new work is ordered after e3"
+    );
     d.stream_synchronize(s2).unwrap();
     assert!(
         d.event_query(e2).unwrap(),
