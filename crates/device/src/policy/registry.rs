@@ -1,7 +1,7 @@
 //! The registry of policies. Adding a policy is one entry here plus its module.
 
 use super::spec::{PolicySpec, SpecError};
-use super::{Policy, bfc_classic, cuda_malloc};
+use super::{Policy, bfc_classic, coalesce, cuda_malloc};
 
 /// A policy the CLI, the pool and the C ABI can build by name.
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub struct PolicyInfo {
 }
 
 /// Every policy, in the order reports list them.
-pub static REGISTRY: &[PolicyInfo] = &[bfc_classic::INFO, cuda_malloc::INFO];
+pub static REGISTRY: &[PolicyInfo] = &[coalesce::INFO, bfc_classic::INFO, cuda_malloc::INFO];
 
 pub fn lookup(name: &str) -> Option<&'static PolicyInfo> {
     REGISTRY.iter().find(|p| p.name == name)
