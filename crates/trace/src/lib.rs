@@ -17,9 +17,12 @@ mod event;
 mod input;
 mod resolve;
 mod snapshot;
+pub mod synth;
+mod write;
 
 pub use csv::parse_csv;
 pub use error::{TraceError, Warning, WarningKind};
 pub use event::{Action, RawEvent};
 pub use input::{DeviceEvents, TraceFormat, read_trace, read_trace_bytes};
 pub use resolve::{Op, Trace, TraceStats, resolve};
+pub use write::write_csv;
