@@ -15,6 +15,7 @@ mod csv;
 mod error;
 mod event;
 mod input;
+mod pickle;
 mod resolve;
 mod snapshot;
 

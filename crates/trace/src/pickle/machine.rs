@@ -1,0 +1,380 @@
+//! The pickle machine's state and the effect of each stack, memo and container opcode.
+//!
+//! Lists and dicts are built in place: EMPTY_LIST or EMPTY_DICT pushes an *open* container,
+//! APPENDS/SETITEMS fill it, and it is *closed* into an immutable `Rc` value when it leaves
+//! the stack (or is popped). A memo entry for an open container names its stack position and
+//! becomes the closed value when the container closes.
+//!
+//! Sharing rule: the pickler writes a shared object once and refers to it later with GET; at
+//! that point the object is complete unless it contains itself. So a GET (or DUP) of an open
+//! container closes it on the spot, and any later attempt to add to it is an error: that is
+//! exactly a recursive structure, which would otherwise become an `Rc` cycle.
+
+use super::memo::{Entry, Memo};
+use super::value::{Dict, MAX_DEPTH, Seq, Value};
+use std::rc::Rc;
+
+/// A problem found executing an opcode; the decoder adds the offset.
+pub(super) type Problem = String;
+
+/// A stack slot: a finished value, or a list or dict still being filled.
+#[derive(Debug)]
+enum Slot {
+    Done(Value),
+    Open(Open),
+}
+
+#[derive(Debug)]
+struct Open {
+    items: Items,
+    /// Depth of the container as filled so far (1 when empty).
+    depth: u32,
+    /// Memo indices that were given this container while open. Nearly always one.
+    memo_first: Option<u32>,
+    memo_rest: Vec<u32>,
+}
+
+#[derive(Debug)]
+enum Items {
+    List(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+}
+
+/// The machine: value stack, mark stack and memo.
+///
+/// Invariants: every mark is `<= stack.len()` and marks are non-decreasing; a memo entry
+/// `Entry::Open(p)` means `stack[p]` is an open container that recorded that memo index.
+#[derive(Debug, Default)]
+pub(super) struct Machine {
+    stack: Vec<Slot>,
+    marks: Vec<usize>,
+    memo: Memo,
+}
+
+impl Machine {
+    /// Stack positions below this belong to an enclosing MARK and cannot be popped.
+    fn fence(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+
+    pub(super) fn push(&mut self, v: Value) {
+        self.stack.push(Slot::Done(v));
+    }
+
+    pub(super) fn push_empty_list(&mut self) {
+        self.push_open(Items::List(Vec::new()), 1);
+    }
+
+    pub(super) fn push_empty_dict(&mut self) {
+        self.push_open(Items::Dict(Vec::new()), 1);
+    }
+
+    fn push_open(&mut self, items: Items, depth: u32) {
+        self.stack.push(Slot::Open(Open {
+            items,
+            depth,
+            memo_first: None,
+            memo_rest: Vec::new(),
+        }));
+    }
+
+    pub(super) fn mark(&mut self) {
+        self.marks.push(self.stack.len());
+    }
+
+    /// POP: discards the top item or, if the top is a mark with no items after it, the mark.
+    pub(super) fn pop(&mut self) -> Result<(), Problem> {
+        if self.marks.last() == Some(&self.stack.len()) {
+            self.marks.pop();
+        } else {
+            self.take_top("POP")?;
+        }
+        Ok(())
+    }
+
+    /// POP_MARK: discards the items after the last mark, and the mark.
+    pub(super) fn pop_mark(&mut self) -> Result<(), Problem> {
+        self.take_marked("POP_MARK")?;
+        Ok(())
+    }
+
+    /// DUP: pushes the top item again (an open container is closed first: it is now shared).
+    pub(super) fn dup(&mut self) -> Result<(), Problem> {
+        if self.stack.len() <= self.fence() {
+            return Err(underflow("DUP"));
+        }
+        let top = self.stack.len() - 1;
+        let v = self.share(top)?;
+        self.push(v);
+        Ok(())
+    }
+
+    /// TUPLE1/2/3: the top `n` items become a tuple.
+    pub(super) fn tuple_n(&mut self, n: usize, what: &str) -> Result<(), Problem> {
+        if self.stack.len() < self.fence() + n {
+            return Err(underflow(what));
+        }
+        let start = self.stack.len() - n;
+        let items: Vec<Value> = self.drain_closed(start).collect();
+        let v = Value::Tuple(Rc::new(seq(items)?));
+        self.push(v);
+        Ok(())
+    }
+
+    /// TUPLE: the items after the last mark become a tuple.
+    pub(super) fn tuple_marked(&mut self) -> Result<(), Problem> {
+        let items = self.take_marked("TUPLE")?;
+        let v = Value::Tuple(Rc::new(seq(items)?));
+        self.push(v);
+        Ok(())
+    }
+
+    /// LIST: the items after the last mark become an open list.
+    pub(super) fn list_marked(&mut self) -> Result<(), Problem> {
+        let items = self.take_marked("LIST")?;
+        let depth = depth_over(&items)?;
+        self.push_open(Items::List(items), depth);
+        Ok(())
+    }
+
+    /// DICT: the key/value pairs after the last mark become an open dict.
+    pub(super) fn dict_marked(&mut self) -> Result<(), Problem> {
+        let pairs = self.take_marked_pairs("DICT")?;
+        self.push_open(Items::Dict(Vec::new()), 1);
+        self.extend_dict(pairs, "DICT")
+    }
+
+    /// APPEND: pops an item and appends it to the list below it.
+    pub(super) fn append(&mut self) -> Result<(), Problem> {
+        let item = self.take_top("APPEND")?;
+        self.extend_list(vec![item], "APPEND")
+    }
+
+    /// APPENDS: appends the items after the last mark to the list before the mark.
+    pub(super) fn appends(&mut self) -> Result<(), Problem> {
+        let items = self.take_marked("APPENDS")?;
+        self.extend_list(items, "APPENDS")
+    }
+
+    /// SETITEM: pops a value and a key and sets them in the dict below.
+    pub(super) fn setitem(&mut self) -> Result<(), Problem> {
+        let value = self.take_top("SETITEM")?;
+        let key = self.take_top("SETITEM")?;
+        self.extend_dict(vec![(key, value)], "SETITEM")
+    }
+
+    /// SETITEMS: sets the key/value pairs after the last mark in the dict before the mark.
+    pub(super) fn setitems(&mut self) -> Result<(), Problem> {
+        let pairs = self.take_marked_pairs("SETITEMS")?;
+        self.extend_dict(pairs, "SETITEMS")
+    }
+
+    /// PUT, BINPUT, LONG_BINPUT: stores the top item at memo index `idx`.
+    pub(super) fn memo_put(&mut self, idx: u32, what: &str) -> Result<(), Problem> {
+        if self.stack.len() <= self.fence() {
+            return Err(underflow(what));
+        }
+        let top = self.stack.len() - 1;
+        let entry = match &mut self.stack[top] {
+            Slot::Done(v) => Entry::Done(v.clone()),
+            Slot::Open(open) => {
+                match open.memo_first {
+                    None => open.memo_first = Some(idx),
+                    Some(_) => open.memo_rest.push(idx),
+                }
+                Entry::Open(top)
+            }
+        };
+        self.memo.put(idx, entry);
+        Ok(())
+    }
+
+    /// MEMOIZE: stores the top item at the next memo index.
+    pub(super) fn memoize(&mut self) -> Result<(), Problem> {
+        self.memo_put(self.memo.next_index(), "MEMOIZE")
+    }
+
+    /// GET, BINGET, LONG_BINGET: pushes the object at memo index `idx`.
+    pub(super) fn memo_get(&mut self, idx: u32) -> Result<(), Problem> {
+        let v = match self.memo.get(idx) {
+            None => return Err(format!("memo index {idx} was never stored")),
+            Some(Entry::Done(v)) => v.clone(),
+            Some(&Entry::Open(pos)) => self.share(pos)?,
+        };
+        self.push(v);
+        Ok(())
+    }
+
+    /// STOP: the top item is the result.
+    pub(super) fn finish(&mut self) -> Result<Value, Problem> {
+        self.take_top("STOP")
+    }
+
+    /// The value at stack position `pos`, closing it there if it is open.
+    fn share(&mut self, pos: usize) -> Result<Value, Problem> {
+        match &self.stack[pos] {
+            Slot::Done(v) => return Ok(v.clone()),
+            Slot::Open(_) => {}
+        }
+        let Slot::Open(open) = std::mem::replace(&mut self.stack[pos], Slot::Done(Value::None))
+        else {
+            return Err("internal error: shared slot is not open".into());
+        };
+        let v = close(&mut self.memo, pos, open);
+        self.stack[pos] = Slot::Done(v.clone());
+        Ok(v)
+    }
+
+    /// Pops the top item (above the fence), closing it if open.
+    fn take_top(&mut self, what: &str) -> Result<Value, Problem> {
+        if self.stack.len() <= self.fence() {
+            return Err(underflow(what));
+        }
+        let start = self.stack.len() - 1;
+        Ok(self.drain_closed(start).next().unwrap_or(Value::None))
+    }
+
+    /// Pops the last mark and the items after it, closing open ones.
+    fn take_marked(&mut self, what: &str) -> Result<Vec<Value>, Problem> {
+        let start = self.pop_mark_for(what)?;
+        Ok(self.drain_closed(start).collect())
+    }
+
+    /// Like [`Self::take_marked`], as key/value pairs.
+    fn take_marked_pairs(&mut self, what: &str) -> Result<Vec<(Value, Value)>, Problem> {
+        let start = self.pop_mark_for(what)?;
+        let n = self.stack.len() - start;
+        if !n.is_multiple_of(2) {
+            return Err(format!("{what} needs key/value pairs but has {n} items"));
+        }
+        let mut values = self.drain_closed(start);
+        let mut pairs = Vec::with_capacity(n / 2);
+        while let (Some(k), Some(v)) = (values.next(), values.next()) {
+            pairs.push((k, v));
+        }
+        Ok(pairs)
+    }
+
+    fn pop_mark_for(&mut self, what: &str) -> Result<usize, Problem> {
+        self.marks
+            .pop()
+            .ok_or_else(|| format!("{what} without a preceding MARK"))
+    }
+
+    /// Removes `stack[start..]` as values, closing open ones.
+    fn drain_closed(&mut self, start: usize) -> impl Iterator<Item = Value> + '_ {
+        let Machine { stack, memo, .. } = self;
+        stack
+            .drain(start..)
+            .enumerate()
+            .map(move |(i, slot)| match slot {
+                Slot::Done(v) => v,
+                Slot::Open(open) => close(memo, start + i, open),
+            })
+    }
+
+    /// The open container on top of the stack, which `what` is about to fill.
+    fn target(&mut self, what: &str, want: &str) -> Result<&mut Open, Problem> {
+        if self.stack.len() <= self.fence() {
+            return Err(format!("{what} has no {want} to add to (stack underflow)"));
+        }
+        match self.stack.last_mut() {
+            Some(Slot::Open(open)) => Ok(open),
+            Some(Slot::Done(v @ (Value::List(_) | Value::Dict(_)))) => Err(format!(
+                "{what} adds to a {} that was already referenced again (a recursive \
+                 structure, which memory snapshots never contain)",
+                v.type_name()
+            )),
+            Some(Slot::Done(v)) => Err(format!(
+                "{what} target is {}, expected a {want}",
+                article(v.type_name())
+            )),
+            None => Err(underflow(what)),
+        }
+    }
+
+    fn extend_list(&mut self, items: Vec<Value>, what: &str) -> Result<(), Problem> {
+        let open = self.target(what, "list")?;
+        let Items::List(list) = &mut open.items else {
+            return Err(format!("{what} target is a dict, expected a list"));
+        };
+        open.depth = open.depth.max(depth_over(&items)?);
+        list.extend(items);
+        Ok(())
+    }
+
+    fn extend_dict(&mut self, pairs: Vec<(Value, Value)>, what: &str) -> Result<(), Problem> {
+        let open = self.target(what, "dict")?;
+        let Items::Dict(dict) = &mut open.items else {
+            return Err(format!("{what} target is a list, expected a dict"));
+        };
+        for (k, v) in &pairs {
+            if matches!(k, Value::List(_) | Value::Dict(_)) {
+                return Err(format!(
+                    "{what}: dict key is a {} (unhashable)",
+                    k.type_name()
+                ));
+            }
+            open.depth = open.depth.max(depth_of_parent(k)?.max(depth_of_parent(v)?));
+        }
+        dict.extend(pairs);
+        Ok(())
+    }
+}
+
+/// Freezes the open container that was at stack position `pos` and points the memo entries
+/// it recorded at the frozen value.
+fn close(memo: &mut Memo, pos: usize, open: Open) -> Value {
+    let v = match open.items {
+        Items::List(items) => Value::List(Rc::new(Seq {
+            items,
+            depth: open.depth,
+        })),
+        Items::Dict(entries) => Value::Dict(Rc::new(Dict {
+            entries,
+            depth: open.depth,
+        })),
+    };
+    for idx in open.memo_first.into_iter().chain(open.memo_rest) {
+        if let Some(entry) = memo.get_mut(idx) {
+            // The index may have been reused for another object since.
+            if matches!(entry, Entry::Open(p) if *p == pos) {
+                *entry = Entry::Done(v.clone());
+            }
+        }
+    }
+    v
+}
+
+fn underflow(what: &str) -> Problem {
+    format!("{what} needs more items than the stack holds (stack underflow)")
+}
+
+/// "a list", "an int".
+pub(crate) fn article(type_name: &str) -> String {
+    match type_name.as_bytes().first() {
+        Some(b'a' | b'e' | b'i' | b'o' | b'u') => format!("an {type_name}"),
+        _ => format!("a {type_name}"),
+    }
+}
+
+/// The depth of a container holding `v`.
+fn depth_of_parent(v: &Value) -> Result<u32, Problem> {
+    let d = v.depth() + 1;
+    if d > MAX_DEPTH {
+        return Err(format!("containers nest deeper than {MAX_DEPTH} levels"));
+    }
+    Ok(d)
+}
+
+/// The depth of a container holding `items` (1 if empty).
+fn depth_over(items: &[Value]) -> Result<u32, Problem> {
+    items
+        .iter()
+        .try_fold(1, |d, v| Ok(d.max(depth_of_parent(v)?)))
+}
+
+fn seq(items: Vec<Value>) -> Result<Seq, Problem> {
+    let depth = depth_over(&items)?;
+    Ok(Seq { items, depth })
+}
