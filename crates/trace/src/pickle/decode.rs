@@ -26,10 +26,11 @@ impl From<io::Error> for Fail {
     }
 }
 
-/// Runs opcodes from `src` until STOP and returns the value it yields. Bytes after STOP are
-/// not read (as with Python's `pickle.load`).
-pub(super) fn run(src: &mut Source<impl Read>) -> Result<Value, PickleError> {
-    let mut m = Machine::default();
+/// Runs opcodes from `src` until STOP and returns the value it yields, without keeping the
+/// list and dict values of the keys in `skip`. Bytes after STOP are not read (as with
+/// Python's `pickle.load`).
+pub(super) fn run(src: &mut Source<impl Read>, skip: &[&str]) -> Result<Value, PickleError> {
+    let mut m = Machine::new(skip);
     loop {
         let at = src.offset();
         let op = match src.next_byte() {
@@ -85,8 +86,11 @@ fn step(m: &mut Machine, src: &mut Source<impl Read>, op: u8) -> Result<Option<V
         BININT1 => m.push(Value::Int(u8::from_le_bytes(src.array()?).into())),
         BININT2 => m.push(Value::Int(u16::from_le_bytes(src.array()?).into())),
         LONG1 => {
-            let len = u8::from_le_bytes(src.array()?);
-            m.push(Value::from_long_bytes(&src.bytes(len.into())?));
+            // At most 255 bytes: read on the stack (addresses and times are LONG1s).
+            let mut buf = [0; 255];
+            let long = &mut buf[..usize::from(u8::from_le_bytes(src.array()?))];
+            src.read_exact(long)?;
+            m.push(Value::from_long_bytes(long));
         }
         LONG4 => {
             let len = i32::from_le_bytes(src.array()?);
@@ -96,16 +100,18 @@ fn step(m: &mut Machine, src: &mut Source<impl Read>, op: u8) -> Result<Option<V
         }
         BINFLOAT => m.push(Value::Float(f64::from_be_bytes(src.array()?))),
         SHORT_BINUNICODE => {
-            let len = u8::from_le_bytes(src.array()?);
-            m.push(text(src.bytes(len.into())?));
+            let mut buf = [0; 255];
+            let bytes = &mut buf[..usize::from(u8::from_le_bytes(src.array()?))];
+            src.read_exact(bytes)?;
+            m.push(text(bytes));
         }
         BINUNICODE => {
             let len = u32::from_le_bytes(src.array()?);
-            m.push(text(src.bytes(len.into())?));
+            m.push(text(&src.bytes(len.into())?));
         }
         BINUNICODE8 => {
             let len = u64::from_le_bytes(src.array()?);
-            m.push(text(src.bytes(len)?));
+            m.push(text(&src.bytes(len)?));
         }
         SHORT_BINBYTES => {
             let len = u8::from_le_bytes(src.array()?);
@@ -149,10 +155,11 @@ fn step(m: &mut Machine, src: &mut Source<impl Read>, op: u8) -> Result<Option<V
 
 /// A `str`. Python writes lone surrogates (from undecodable file names) as invalid UTF-8;
 /// those bytes become U+FFFD rather than failing the whole snapshot.
-fn text(bytes: Vec<u8>) -> Value {
-    let s = String::from_utf8(bytes)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-    Value::Str(Rc::from(s))
+fn text(bytes: &[u8]) -> Value {
+    Value::Str(match std::str::from_utf8(bytes) {
+        Ok(s) => Rc::from(s),
+        Err(_) => Rc::from(String::from_utf8_lossy(bytes)),
+    })
 }
 
 /// The decimal memo index of the text opcodes GET and PUT.

@@ -5,6 +5,12 @@
 //! the stack (or is popped). A memo entry for an open container names its stack position and
 //! becomes the closed value when the container closes.
 //!
+//! Skipped keys: when SETITEM(S) or DICT pairs a key in `skip` with its value, the pair is
+//! left out of the dict; a list or dict value still open at that point (its first use, in
+//! the way picklers write) is dropped instead of closed, and its memo entries become `None`,
+//! so later references cost nothing. Snapshot readers skip `frames` this way, most of a
+//! snapshot's objects.
+//!
 //! Sharing rule: the pickler writes a shared object once and refers to it later with GET; at
 //! that point the object is complete unless it contains itself. So a GET (or DUP) of an open
 //! container closes it on the spot, and any later attempt to add to it is an error: that is
@@ -17,11 +23,12 @@ use std::rc::Rc;
 /// A problem found executing an opcode; the decoder adds the offset.
 pub(super) type Problem = String;
 
-/// A stack slot: a finished value, or a list or dict still being filled.
+/// A stack slot: a finished value, or a list or dict still being filled (boxed: most slots
+/// are values, and every push and pop moves a whole slot).
 #[derive(Debug)]
 enum Slot {
     Done(Value),
-    Open(Open),
+    Open(Box<Open>),
 }
 
 #[derive(Debug)]
@@ -49,9 +56,18 @@ pub(super) struct Machine {
     stack: Vec<Slot>,
     marks: Vec<usize>,
     memo: Memo,
+    skip: Vec<Box<str>>,
 }
 
 impl Machine {
+    /// A machine that leaves out dict entries whose key is a str in `skip`.
+    pub(super) fn new(skip: &[&str]) -> Self {
+        Machine {
+            skip: skip.iter().map(|&k| k.into()).collect(),
+            ..Machine::default()
+        }
+    }
+
     /// Stack positions below this belong to an enclosing MARK and cannot be popped.
     fn fence(&self) -> usize {
         self.marks.last().copied().unwrap_or(0)
@@ -70,12 +86,12 @@ impl Machine {
     }
 
     fn push_open(&mut self, items: Items, depth: u32) {
-        self.stack.push(Slot::Open(Open {
+        self.stack.push(Slot::Open(Box::new(Open {
             items,
             depth,
             memo_first: None,
             memo_rest: Vec::new(),
-        }));
+        })));
     }
 
     pub(super) fn mark(&mut self) {
@@ -158,9 +174,12 @@ impl Machine {
 
     /// SETITEM: pops a value and a key and sets them in the dict below.
     pub(super) fn setitem(&mut self) -> Result<(), Problem> {
-        let value = self.take_top("SETITEM")?;
-        let key = self.take_top("SETITEM")?;
-        self.extend_dict(vec![(key, value)], "SETITEM")
+        if self.stack.len() < self.fence() + 2 {
+            return Err(underflow("SETITEM"));
+        }
+        let start = self.stack.len() - 2;
+        let pairs = self.drain_pairs(start);
+        self.extend_dict(pairs, "SETITEM")
     }
 
     /// SETITEMS: sets the key/value pairs after the last mark in the dict before the mark.
@@ -220,7 +239,7 @@ impl Machine {
         else {
             return Err("internal error: shared slot is not open".into());
         };
-        let v = close(&mut self.memo, pos, open);
+        let v = close(&mut self.memo, pos, *open, true);
         self.stack[pos] = Slot::Done(v.clone());
         Ok(v)
     }
@@ -247,12 +266,35 @@ impl Machine {
         if !n.is_multiple_of(2) {
             return Err(format!("{what} needs key/value pairs but has {n} items"));
         }
-        let mut values = self.drain_closed(start);
-        let mut pairs = Vec::with_capacity(n / 2);
-        while let (Some(k), Some(v)) = (values.next(), values.next()) {
-            pairs.push((k, v));
+        Ok(self.drain_pairs(start))
+    }
+
+    /// Removes `stack[start..]` (an even count) as key/value pairs, closing open ones. Pairs
+    /// of a skipped key are left out; their value, if open, is dropped unclosed.
+    fn drain_pairs(&mut self, start: usize) -> Vec<(Value, Value)> {
+        let Machine {
+            stack, memo, skip, ..
+        } = self;
+        let skipped = |key: &Slot| match key {
+            Slot::Done(Value::Str(s)) => skip.iter().any(|k| **k == **s),
+            _ => false,
+        };
+        let kept = stack[start..]
+            .iter()
+            .step_by(2)
+            .filter(|k| !skipped(k))
+            .count();
+        let mut pairs = Vec::with_capacity(kept);
+        let mut slots = stack.drain(start..).enumerate();
+        while let (Some((i, k)), Some((j, v))) = (slots.next(), slots.next()) {
+            let keep = !skipped(&k);
+            let key = take(memo, start + i, k, true);
+            let value = take(memo, start + j, v, keep);
+            if keep {
+                pairs.push((key, value));
+            }
         }
-        Ok(pairs)
+        pairs
     }
 
     fn pop_mark_for(&mut self, what: &str) -> Result<usize, Problem> {
@@ -267,10 +309,7 @@ impl Machine {
         stack
             .drain(start..)
             .enumerate()
-            .map(move |(i, slot)| match slot {
-                Slot::Done(v) => v,
-                Slot::Open(open) => close(memo, start + i, open),
-            })
+            .map(move |(i, slot)| take(memo, start + i, slot, true))
     }
 
     /// The open container on top of the stack, which `what` is about to fill.
@@ -299,7 +338,12 @@ impl Machine {
             return Err(format!("{what} target is a dict, expected a list"));
         };
         open.depth = open.depth.max(depth_over(&items)?);
-        list.extend(items);
+        // The first batch becomes the list: no copy.
+        if list.is_empty() {
+            *list = items;
+        } else {
+            list.extend(items);
+        }
         Ok(())
     }
 
@@ -317,25 +361,39 @@ impl Machine {
             }
             open.depth = open.depth.max(depth_of_parent(k)?.max(depth_of_parent(v)?));
         }
-        dict.extend(pairs);
+        if dict.is_empty() {
+            *dict = pairs;
+        } else {
+            dict.extend(pairs);
+        }
         Ok(())
     }
 }
 
-/// Freezes the open container that was at stack position `pos` and points the memo entries
-/// it recorded at the frozen value.
-fn close(memo: &mut Memo, pos: usize, open: Open) -> Value {
-    let v = match open.items {
-        Items::List(items) => Value::List(Rc::new(Seq {
-            items,
-            depth: open.depth,
-        })),
-        Items::Dict(entries) => Value::Dict(Rc::new(Dict {
-            entries,
-            depth: open.depth,
-        })),
+/// The value of a slot taken off the stack at `pos`: closed if open, or `None` if not `keep`.
+fn take(memo: &mut Memo, pos: usize, slot: Slot, keep: bool) -> Value {
+    match slot {
+        Slot::Done(v) if keep => v,
+        Slot::Done(_) => Value::None,
+        Slot::Open(open) => close(memo, pos, *open, keep),
+    }
+}
+
+/// Freezes the open container that was at stack position `pos` (or drops it, giving `None`,
+/// if not `keep`) and points the memo entries it recorded at the result.
+fn close(memo: &mut Memo, pos: usize, open: Open, keep: bool) -> Value {
+    let Open {
+        items,
+        depth,
+        memo_first,
+        memo_rest,
+    } = open;
+    let v = match items {
+        _ if !keep => Value::None,
+        Items::List(items) => Value::List(Rc::new(Seq { items, depth })),
+        Items::Dict(entries) => Value::Dict(Rc::new(Dict { entries, depth })),
     };
-    for idx in open.memo_first.into_iter().chain(open.memo_rest) {
+    for idx in memo_first.into_iter().chain(memo_rest) {
         if let Some(entry) = memo.get_mut(idx) {
             // The index may have been reused for another object since.
             if matches!(entry, Entry::Open(p) if *p == pos) {

@@ -18,6 +18,9 @@
 //! read, never with a length the input declares; objects the memo shares are shared `Rc`s,
 //! never copies; recursive structures (a list inside itself) and nesting deeper than
 //! [`value::MAX_DEPTH`] are errors, so values are finite DAGs.
+//!
+//! Callers may name dict keys to skip: their entries are read and checked but not kept, which
+//! is how the snapshot reader avoids holding millions of stack-frame lists in memory.
 
 mod decode;
 mod error;
@@ -39,6 +42,11 @@ pub(crate) use value::{Dict, IntProblem, Value};
 use std::io::Read;
 
 /// Decodes one pickle from `reader` (buffered internally; pass it unbuffered or buffered).
-pub(crate) fn load(reader: impl Read) -> Result<Value, PickleError> {
-    decode::run(&mut source::Source::new(reader))
+///
+/// Dict entries whose key is a str in `skip` are read (and checked as they are read) but
+/// left out of their dict. A list or dict first stored under such a key is not kept either:
+/// later memo references to it decode as `None`. Snapshot readers skip `frames`, most of a
+/// snapshot's objects.
+pub(crate) fn load(reader: impl Read, skip: &[&str]) -> Result<Value, PickleError> {
+    decode::run(&mut source::Source::new(reader), skip)
 }

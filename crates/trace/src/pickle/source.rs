@@ -51,15 +51,23 @@ impl<R: Read> Source<R> {
     #[inline]
     pub(super) fn array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
         let mut out = [0; N];
-        if self.end - self.pos >= N {
-            out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
-            self.pos += N;
+        self.read_exact(&mut out)?;
+        Ok(out)
+    }
+
+    /// Exactly `out.len()` bytes into `out`.
+    #[inline]
+    pub(super) fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let n = out.len();
+        if self.end - self.pos >= n {
+            out.copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
         } else {
-            for b in &mut out {
+            for b in out {
                 *b = self.next_byte()?.ok_or(ErrorKind::UnexpectedEof)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Exactly `len` bytes, into a buffer that grows only as the input delivers them.

@@ -9,11 +9,11 @@ use super::value::{MAX_DEPTH, Value};
 use std::rc::Rc;
 
 fn decode(bytes: &[u8]) -> Value {
-    load(bytes).unwrap_or_else(|e| panic!("{e}"))
+    load(bytes, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn error(bytes: &[u8]) -> String {
-    match load(bytes) {
+    match load(bytes, &[]) {
         Ok(v) => panic!("decoded {v:?}"),
         Err(e) => e.to_string(),
     }
@@ -354,6 +354,52 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     p.extend(std::iter::repeat_n(b'a', d - 1));
     p.push(b'.');
     assert_eq!(decode(&p).depth(), MAX_DEPTH);
+}
+
+fn dict_of(v: &Value) -> &crate::pickle::Dict {
+    match v {
+        Value::Dict(d) => d,
+        other => panic!("not a dict: {other:?}"),
+    }
+}
+
+#[test]
+fn skipped_keys_are_left_out_in_every_dict_form() {
+    let skip = |b: &[u8]| load(b, &["frames"]).unwrap_or_else(|e| panic!("{e}"));
+    // SETITEMS: {'frames': [1, 2], 'k': 3}
+    let v = skip(b"\x80\x04}(\x8c\x06frames](K\x01K\x02e\x8c\x01kK\x03u.");
+    assert_eq!(dict_of(&v).entries, vec![(s("k"), int(3))]);
+    // SETITEM: {'frames': {1: 2}}
+    let v = skip(b"\x80\x04}\x8c\x06frames}K\x01K\x02ss.");
+    assert_eq!(dict_of(&v).entries, vec![]);
+    // DICT: {'frames': 5}; then a 'frames' that is a list item, not a key: [{..}, 'frames', []]
+    let v = skip(b"\x80\x04]((\x8c\x06framesK\x05d\x8c\x06frames]e.");
+    assert_eq!(dict_of(&items(&v)[0]).entries, vec![]);
+    assert_eq!(items(&v)[1], s("frames"));
+    assert_eq!(items(&items(&v)[2]), &[]);
+}
+
+#[test]
+fn a_skipped_value_is_none_where_referenced_again_but_its_items_are_kept() {
+    // [{'frames': L}, {'frames': L}, F, L] where L = [F] is skipped and F = {1: 2} is
+    // memoized inside it: F stays a dict, the later reference to L is None.
+    let mut p = b"\x80\x04](}(\x8c\x06frames]\x94}\x94K\x01K\x02sau".to_vec();
+    p.extend(b"}(\x8c\x06framesh\x00uh\x01h\x00e.");
+    let v = load(&p[..], &["frames"]).unwrap();
+    let it = items(&v);
+    assert_eq!(dict_of(&it[0]).entries, vec![]);
+    assert_eq!(dict_of(&it[1]).entries, vec![]);
+    assert_eq!(dict_of(&it[2]).entries, vec![(int(1), int(2))]);
+    assert_eq!(it[3], Value::None);
+    // Without skipping, the same bytes keep L, shared.
+    let v = decode(&p);
+    let (Some(Value::List(a)), Some(Value::List(b))) = (
+        dict_of(&items(&v)[0]).get("frames"),
+        dict_of(&items(&v)[1]).get("frames"),
+    ) else {
+        panic!("{v:?}")
+    };
+    assert!(Rc::ptr_eq(a, b));
 }
 
 #[test]

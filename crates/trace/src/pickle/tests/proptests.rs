@@ -190,7 +190,7 @@ proptest! {
     ) {
         let v = build(&nodes);
         let bytes = write(&v, opts);
-        let back = load(&bytes[..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let back = load(&bytes[..], &[]).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&back, &v);
         prop_assert_eq!(distinct(&back), distinct(&v));
     }
@@ -200,7 +200,8 @@ proptest! {
     fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..200)) {
         let mut bytes = vec![0x80, 4];
         bytes.extend(body);
-        let _ = load(&bytes[..]);
+        let _ = load(&bytes[..], &[]);
+        let _ = load(&bytes[..], &["", "a"]);
     }
 
     /// Valid pickles with a few bytes overwritten, inserted or cut never make it panic.
@@ -219,6 +220,7 @@ proptest! {
                 _ => bytes.truncate(at),
             }
         }
-        let _ = load(&bytes[..]);
+        let _ = load(&bytes[..], &[]);
+        let _ = load(&bytes[..], &["", "a", "b"]);
     }
 }
