@@ -176,3 +176,30 @@ fn a_corrupt_snapshot_names_the_file_and_byte() {
         "bad.pickle: pickle byte 500: input ends inside the argument of BININT1"
     );
 }
+
+mod fuzz {
+    use super::fixture;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// A real-structured snapshot with bytes overwritten, inserted or cut reads or fails
+        /// with an error, never a panic, through the whole path (detection, pickle, entries).
+        #[test]
+        fn mutated_snapshots_never_panic(
+            edits in prop::collection::vec((any::<usize>(), any::<u8>(), 0u8..4), 1..8),
+        ) {
+            let mut bytes = std::fs::read(fixture("snapshot_torch29_p5.pickle")).unwrap();
+            for (at, byte, kind) in edits {
+                let at = at % (bytes.len() + 1);
+                match kind {
+                    0 | 1 if at < bytes.len() => bytes[at] = byte,
+                    2 => bytes.insert(at, byte),
+                    _ => bytes.truncate(at.max(1)),
+                }
+            }
+            let _ = coalesce_trace::read_trace_bytes(std::path::Path::new("f.pickle"), &bytes);
+        }
+    }
+}
