@@ -14,8 +14,8 @@ use std::io::BufRead;
 use std::path::Path;
 
 /// Keys left out while decoding: nothing here reads them, and `frames` (stack traces) is most
-/// of a snapshot's objects. Skipping them roughly halves the memory and time a large snapshot
-/// takes (frame lists are dropped as soon as they are read, not kept for the whole file).
+/// of a snapshot's objects. Skipping them more than halves the memory a large snapshot takes
+/// (frame lists are dropped as soon as they are read, not kept for the whole file).
 const SKIPPED: &[&str] = &[
     "frames",
     "time_us",
