@@ -210,7 +210,11 @@ impl Machine {
 
     /// MEMOIZE: stores the top item at the next memo index.
     pub(super) fn memoize(&mut self) -> Result<(), Problem> {
-        self.memo_put(self.memo.next_index(), "MEMOIZE")
+        let idx = self
+            .memo
+            .next_index()
+            .ok_or("MEMOIZE: the memo already holds 2^32 objects")?;
+        self.memo_put(idx, "MEMOIZE")
     }
 
     /// GET, BINGET, LONG_BINGET: pushes the object at memo index `idx`.
@@ -231,13 +235,16 @@ impl Machine {
 
     /// The value at stack position `pos`, closing it there if it is open.
     fn share(&mut self, pos: usize) -> Result<Value, Problem> {
-        match &self.stack[pos] {
-            Slot::Done(v) => return Ok(v.clone()),
-            Slot::Open(_) => {}
-        }
-        let Slot::Open(open) = std::mem::replace(&mut self.stack[pos], Slot::Done(Value::None))
-        else {
-            return Err("internal error: shared slot is not open".into());
+        let slot = self
+            .stack
+            .get_mut(pos)
+            .ok_or("internal error: a memo entry points past the stack")?;
+        let open = match std::mem::replace(slot, Slot::Done(Value::None)) {
+            Slot::Done(v) => {
+                *slot = Slot::Done(v.clone());
+                return Ok(v);
+            }
+            Slot::Open(open) => open,
         };
         let v = close(&mut self.memo, pos, *open, true);
         self.stack[pos] = Slot::Done(v.clone());

@@ -22,7 +22,7 @@ pub(super) struct Memo {
     dense: Vec<Option<Entry>>,
     sparse: FxHashMap<u32, Entry>,
     /// Occupied indices: MEMOIZE stores at this index, as CPython does.
-    len: u32,
+    len: u64,
 }
 
 impl Memo {
@@ -40,9 +40,9 @@ impl Memo {
         }
     }
 
-    /// The index MEMOIZE stores at.
-    pub(super) fn next_index(&self) -> u32 {
-        self.len
+    /// The index MEMOIZE stores at; `None` once every `u32` index is taken.
+    pub(super) fn next_index(&self) -> Option<u32> {
+        u32::try_from(self.len).ok()
     }
 
     pub(super) fn put(&mut self, idx: u32, entry: Entry) {
@@ -80,13 +80,13 @@ mod tests {
     #[test]
     fn dense_sparse_and_memoize_index() {
         let mut m = Memo::default();
-        m.put(m.next_index(), done(10));
-        m.put(m.next_index(), done(11));
+        m.put(m.next_index().unwrap(), done(10));
+        m.put(m.next_index().unwrap(), done(11));
         m.put(5, done(15));
-        assert_eq!(m.next_index(), 3);
+        assert_eq!(m.next_index(), Some(3));
         m.put(u32::MAX, done(99));
         m.put(5, done(16));
-        assert_eq!(m.next_index(), 4, "overwriting does not count");
+        assert_eq!(m.next_index(), Some(4), "overwriting does not count");
         assert_eq!(int_at(&m, 0), Some(10));
         assert_eq!(int_at(&m, 5), Some(16));
         assert_eq!(int_at(&m, u32::MAX), Some(99));
