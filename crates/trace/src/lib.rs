@@ -6,7 +6,7 @@
 //! - **PyTorch snapshot pickles** written by `torch.cuda.memory._dump_snapshot(path)`, read
 //!   directly by a small pickle reader (no Python needed).
 //!
-//! Both produce [`RawEvent`]s, which [`resolve`] turns into a [`Trace`]: a flat list of
+//! Both produce [`RawEvent`]s, which [`resolve()`] turns into a [`Trace`]: a flat list of
 //! [`Op`]s where each allocation has a dense id and each free names that id. Replays then need
 //! no address map of their own, so timing a replay measures the allocator and nothing else.
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@ mod csv;
 mod error;
 mod event;
 mod input;
+mod pickle;
 mod resolve;
 mod snapshot;
 pub mod synth;
