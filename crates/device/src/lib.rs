@@ -13,3 +13,4 @@
 
 pub mod backend;
 pub mod policy;
+pub mod pool;
