@@ -5,7 +5,7 @@
 //! - **thread safety**: one `Mutex` around everything (as PyTorch's and TensorFlow's
 //!   allocators); every method takes `&self`, so a pool is shared across threads in an `Arc`
 //!   or a `static` (PyTorch's autograd frees on its own threads);
-//! - **stream-ordered reuse** for policies that ignore streams ([`stream_order`]);
+//! - **stream-ordered reuse** for policies that ignore streams (`stream_order.rs`);
 //! - **stats**: requested, allocated and reserved bytes with peaks, driver calls, OOMs
 //!   ([`PoolStats`]);
 //! - **a memory cap** in bytes or as a fraction of the device, enforced before the driver;
@@ -226,9 +226,11 @@ impl<B: ?Sized + Backend + AsDynBackend> DevicePool<B> {
         Ok(())
     }
 
-    /// Segments, blocks and the traced events.
+    /// Segments, blocks and the traced events (after handing back the held frees whose
+    /// streams have passed them, without waiting for the others).
     pub fn snapshot(&self) -> Result<Snapshot, PoolError> {
-        let s = self.lock()?;
+        let mut s = self.lock()?;
+        s.reclaim_completed()?;
         let (live_before_trace, trace) = s.trace.contents();
         Ok(Snapshot {
             device: self.device,

@@ -3,7 +3,7 @@
 //! Layers, bottom up, as in cudarc itself (`sys` → `result` → safe):
 //! - `cudarc::driver::sys`: the raw driver functions. `libcuda` is opened at run time and each
 //!   symbol resolved on first use, so the project builds and its tests run with no CUDA.
-//! - [`driver`]: loading (library present, every symbol we call present, `cuInit` once) and one
+//! - `driver`: loading (library present, every symbol we call present, `cuInit` once) and one
 //!   thin `Result` wrapper per driver call cudarc's `result` layer lacks (the VMM calls, an
 //!   event query where "not ready" is not an error), each with numbered `# Safety` items.
 //! - [`CudaBackend`]: the safe backend: classic allocations (`cuMemAlloc`/`cuMemFree`), virtual
