@@ -12,7 +12,8 @@
 #       --skip-smoke       only the workloads
 #
 # The GPU machine needs target/gpu-check/ (carry it: it holds libcoalesce.so and gpu_smoke)
-# and workloads.py: $WORKLOADS_PY, or shared/gpu/workloads.py, or ../shared/gpu/workloads.py.
+# and workloads.py: $WORKLOADS_PY, or shared/gpu/workloads.py, or ../shared/gpu/workloads.py,
+# or the copy in scripts/.
 # `run` exits non-zero if the smoke test fails, a workload fails, or the pluggable allocator
 # misses the targets (peak reserved below `expandable`, wall time within 3% of `native`).
 set -euo pipefail
@@ -37,10 +38,11 @@ build() {
 
 find_workloads() {
     local c
-    for c in "${WORKLOADS_PY:-}" "$root/shared/gpu/workloads.py" "$root/../shared/gpu/workloads.py"; do
+    for c in "${WORKLOADS_PY:-}" "$root/shared/gpu/workloads.py" "$root/../shared/gpu/workloads.py" \
+             "$here/workloads.py"; do
         if [ -n "$c" ] && [ -f "$c" ]; then echo "$c"; return; fi
     done
-    die "workloads.py not found: set WORKLOADS_PY or provide shared/gpu/workloads.py"
+    die "workloads.py not found: set WORKLOADS_PY"
 }
 
 run() {
