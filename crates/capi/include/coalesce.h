@@ -38,8 +38,8 @@ extern "C" {
 void *coalesce_malloc(size_t size, int device, void *stream);
 
 /* Frees `ptr` from coalesce_malloc on `device`; `stream` orders the free (PyTorch passes the
- * allocation stream). `size` is ignored. A pointer the pool did not hand out is reported on
- * stderr and in coalesce_last_error(). */
+ * allocation stream). `size` is ignored; NULL is ignored. A pointer the pool did not hand out
+ * is reported on stderr and in coalesce_last_error(). */
 void coalesce_free(void *ptr, size_t size, int device, void *stream);
 
 /* The pool's stats as a JSON object with at least reserved_bytes, peak_reserved_bytes,

@@ -27,8 +27,8 @@ pub extern "C" fn coalesce_malloc(size: usize, device: c_int, stream: *mut c_voi
 }
 
 /// Frees `ptr` (from `coalesce_malloc` on `device`), ordered on `stream`: PyTorch's pluggable
-/// `free`. `size` is not needed (the pool knows it). A bad pointer is reported on stderr and
-/// in `coalesce_last_error`; nothing else happens.
+/// `free`. `size` is not needed (the pool knows it). NULL is ignored, as by C's `free`. A bad
+/// pointer is reported on stderr and in `coalesce_last_error`; nothing else happens.
 #[unsafe(no_mangle)]
 pub extern "C" fn coalesce_free(
     ptr: *mut c_void,
@@ -36,6 +36,9 @@ pub extern "C" fn coalesce_free(
     device: c_int,
     stream: *mut c_void,
 ) {
+    if ptr.is_null() {
+        return;
+    }
     let ok = boundary(false, || {
         pool(device)?
             .free(ptr.addr() as u64, stream_id(stream))

@@ -208,6 +208,8 @@ static void errors_are_reported(void) {
     CHECK(n > sizeof tiny && tiny[0] == 'x', "a short buffer is left untouched");
     coalesce_clear_error();
     CHECK(coalesce_last_error(NULL, 0) == 0, "cleared");
+    coalesce_free(NULL, 0, 0, stream(0));
+    CHECK(coalesce_last_error(NULL, 0) == 0, "free(NULL) is a no-op, as in C");
 }
 
 static int config_error(void) {
