@@ -109,106 +109,122 @@ fn error(trace: &Trace, spec: &PolicySpec, op: usize, source: PolicyError) -> Re
     }
 }
 
-fn measured_pass(
+/// What one pass over a trace found (`MEASURE` passes only fill more than the time).
+struct Pass {
+    elapsed_ns: f64,
+    peak_requested: u64,
+    peak_allocated: u64,
+    ooms: u64,
+    retries: u64,
+    series: Series,
+    dev: SimDevice,
+}
+
+/// Replays `trace` once on a fresh policy and device. With `MEASURE`, records peaks, the
+/// series and stream hazards; without, runs bare for timing. Both make exactly the same calls
+/// into the policy and the device, so the timed runs time the measured behaviour.
+#[inline(never)] // a named symbol for profilers (`callgrind --toggle-collect`)
+fn pass<const MEASURE: bool>(
     trace: &Trace,
     spec: &PolicySpec,
     config: &ReplayConfig,
     progress: &mut dyn FnMut(u64),
-) -> Result<ReplayResult, ReplayError> {
+) -> Result<Pass, ReplayError> {
     let mut policy = new_policy(spec);
-    let mut dev = SimDevice::new(config.sim);
+    // Timed passes skip the simulator's rule checks: its bookkeeping is not the allocator's
+    // cost (on a GPU it is driver time, estimated separately). The measured pass checks.
+    let mut dev = SimDevice::new(SimConfig { validate: MEASURE, ..config.sim });
     let streams = streams(trace);
     let sizes = trace.alloc_sizes();
     let mut addrs = vec![FAILED; sizes.len()];
-    let mut series = Series::new(trace.ops.len(), config.series_points);
-    let (mut requested, mut peak_requested, mut peak_allocated, mut ooms, mut retries) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let series_len = if MEASURE { trace.ops.len() } else { 0 };
+    let mut series = Series::new(series_len, config.series_points);
+    let hazards = MEASURE && config.sim.stream_lag > 0;
+    let (mut requested, mut peak_requested, mut peak_allocated, mut ooms, mut retries) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let start = Instant::now();
     for (i, op) in trace.ops.iter().enumerate() {
         dev.tick();
         match *op {
             Op::Alloc { id, size, stream } => {
-                match alloc_with_recovery(policy.as_mut(), &mut dev, size, streams[stream as usize])
-                {
+                let stream = streams[stream as usize];
+                match alloc_with_recovery(policy.as_mut(), &mut dev, size, stream) {
                     Ok((block, retried)) => {
+                        // Kernels on the stream will use the block.
+                        dev.work(stream);
                         addrs[id as usize] = block.addr;
-                        requested += size;
-                        retries += retried as u64;
+                        if MEASURE {
+                            requested += size;
+                            retries += retried as u64;
+                        }
                     }
                     Err(e) if e.is_out_of_memory() => ooms += 1,
                     Err(e) => return Err(error(trace, spec, i, e)),
                 }
             }
             Op::Free { id, stream } => {
+                let stream = streams[stream as usize];
                 let addr = std::mem::replace(&mut addrs[id as usize], FAILED);
                 if addr != FAILED {
-                    requested -= sizes[id as usize];
-                    policy
-                        .free(&mut dev, addr, streams[stream as usize])
-                        .map_err(|e| error(trace, spec, i, e))?;
+                    dev.work(stream);
+                    if MEASURE {
+                        requested -= sizes[id as usize];
+                    }
+                    // The kernels that used the block may still run: the simulator then refuses
+                    // any unmap of it before the stream has passed this point.
+                    if hazards {
+                        dev.use_until_now(addr, sizes[id as usize], stream);
+                    }
+                    policy.free(&mut dev, addr, stream).map_err(|e| error(trace, spec, i, e))?;
                 }
             }
         }
-        peak_requested = peak_requested.max(requested);
-        peak_allocated = peak_allocated.max(policy.usage().allocated_bytes);
-        series.record(i, requested, dev.meter().reserved_bytes);
-        if i % 65_536 == 65_535 {
-            progress(65_536);
+        if MEASURE {
+            peak_requested = peak_requested.max(requested);
+            peak_allocated = peak_allocated.max(policy.usage().allocated_bytes);
+            series.record(i, requested, dev.meter().reserved_bytes);
+            if i % 65_536 == 65_535 {
+                progress(65_536);
+            }
         }
     }
-    progress(trace.ops.len() as u64 % 65_536);
-    let wall_s = start.elapsed().as_secs_f64();
-    let meter = *dev.meter();
+    let elapsed_ns = start.elapsed().as_nanos() as f64;
+    // Dropping the policy is outside the timed region.
+    drop(policy);
+    progress(if MEASURE { trace.ops.len() as u64 % 65_536 } else { trace.ops.len() as u64 });
+    Ok(Pass { elapsed_ns, peak_requested, peak_allocated, ooms, retries, series, dev })
+}
+
+fn measured_pass(
+    trace: &Trace,
+    spec: &PolicySpec,
+    config: &ReplayConfig,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ReplayResult, ReplayError> {
+    let p = pass::<true>(trace, spec, config, progress)?;
+    let meter = *p.dev.meter();
     Ok(ReplayResult {
         trace: trace.name.clone(),
         policy: spec.to_string(),
         events: trace.stats.events,
         allocs: trace.stats.allocs,
         ops: trace.ops.len() as u64,
-        peak_requested_bytes: peak_requested,
+        peak_requested_bytes: p.peak_requested,
         peak_reserved_bytes: meter.peak_reserved_bytes,
-        peak_allocated_bytes: peak_allocated,
+        peak_allocated_bytes: p.peak_allocated,
         driver_calls: meter.calls,
-        ooms,
-        retries,
+        ooms: p.ooms,
+        retries: p.retries,
         ns_per_op: 0.0,
         ns_per_op_runs: vec![],
-        wall_s,
-        series,
+        wall_s: p.elapsed_ns / 1e9,
+        series: p.series,
     })
 }
 
 /// One uninstrumented pass; returns nanoseconds per op.
 fn timed_pass(trace: &Trace, spec: &PolicySpec, config: &ReplayConfig) -> Result<f64, ReplayError> {
-    let mut policy = new_policy(spec);
-    let mut dev = SimDevice::new(config.sim);
-    let streams = streams(trace);
-    let mut addrs = vec![FAILED; trace.stats.allocs as usize];
-    let start = Instant::now();
-    for (i, op) in trace.ops.iter().enumerate() {
-        dev.tick();
-        match *op {
-            Op::Alloc { id, size, stream } => {
-                match alloc_with_recovery(policy.as_mut(), &mut dev, size, streams[stream as usize])
-                {
-                    Ok((block, _)) => addrs[id as usize] = block.addr,
-                    Err(e) if e.is_out_of_memory() => {}
-                    Err(e) => return Err(error(trace, spec, i, e)),
-                }
-            }
-            Op::Free { id, stream } => {
-                let addr = addrs[id as usize];
-                if addr != FAILED {
-                    policy
-                        .free(&mut dev, addr, streams[stream as usize])
-                        .map_err(|e| error(trace, spec, i, e))?;
-                }
-            }
-        }
-    }
-    let elapsed = start.elapsed();
-    drop(policy);
-    Ok(elapsed.as_nanos() as f64 / trace.ops.len().max(1) as f64)
+    let p = pass::<false>(trace, spec, config, &mut |_| {})?;
+    Ok(p.elapsed_ns / trace.ops.len().max(1) as f64)
 }
 
 pub fn median(values: &[f64]) -> f64 {

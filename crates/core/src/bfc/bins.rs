@@ -6,7 +6,8 @@
 //! visiting empty ones. Best fit is therefore exact and O(log n): a `range` seek in the first
 //! candidate bin, else the smallest entry of the next non-empty bin.
 
-use std::collections::BTreeMap;
+use super::bin::Bin;
+pub(crate) use super::bin::FreeKey;
 
 pub(crate) const NUM_BINS: usize = 256;
 const WORDS: usize = NUM_BINS / 64;
@@ -26,12 +27,9 @@ pub(crate) fn bin_index(units: u64) -> usize {
     }
 }
 
-/// Key of a free chunk inside its bin: best fit compares sizes first, addresses break ties.
-pub(crate) type FreeKey = (u64, u64);
-
 #[derive(Clone, Debug)]
 pub(crate) struct FreeBins {
-    bins: Vec<BTreeMap<FreeKey, u32>>,
+    bins: Vec<Bin>,
     nonempty: [u64; WORDS],
     /// log2 of the allocator's alignment: sizes are binned in alignment units.
     shift: u32,
@@ -40,7 +38,7 @@ pub(crate) struct FreeBins {
 impl FreeBins {
     pub fn new(shift: u32) -> Self {
         FreeBins {
-            bins: vec![BTreeMap::new(); NUM_BINS],
+            bins: vec![Bin::default(); NUM_BINS],
             nonempty: [0; WORDS],
             shift,
         }
@@ -53,7 +51,7 @@ impl FreeBins {
 
     pub fn insert(&mut self, size: u64, addr: u64, chunk: u32) {
         let b = self.bin_for(size);
-        let fresh = self.bins[b].insert((size, addr), chunk).is_none();
+        let fresh = self.bins[b].insert((size, addr), chunk);
         debug_assert!(fresh, "free chunk at {addr:#x} inserted twice");
         self.nonempty[b / 64] |= 1 << (b % 64);
     }
@@ -73,27 +71,25 @@ impl FreeBins {
     /// The smallest free chunk of at least `size` bytes, lowest address among equals.
     pub fn best_fit(&self, size: u64) -> Option<(FreeKey, u32)> {
         let first = self.bin_for(size);
-        if let Some((&k, &c)) = self.bins[first].range((size, 0)..).next() {
-            return Some((k, c));
+        if let Some(hit) = self.bins[first].at_or_after((size, 0)) {
+            return Some(hit);
         }
         let b = self.next_nonempty(first + 1)?;
-        self.bins[b].first_key_value().map(|(&k, &c)| (k, c))
+        self.bins[b].first()
     }
 
     /// Free chunks of at least `size` bytes in best-fit order: `(size, addr)` ascending.
     pub fn fits(&self, size: u64) -> impl Iterator<Item = (FreeKey, u32)> + '_ {
         let first = self.bin_for(size);
-        let in_first = self.bins[first].range((size, 0)..).map(|(&k, &c)| (k, c));
-        let later = (first + 1..NUM_BINS)
-            .filter(|&b| self.bin_is_marked(b))
-            .flat_map(move |b| self.bins[b].iter().map(|(&k, &c)| (k, c)));
+        let in_first = self.bins[first].iter_from((size, 0));
+        let later = (first + 1..NUM_BINS).filter(|&b| self.bin_is_marked(b)).flat_map(move |b| self.bins[b].iter_from((0, 0)));
         in_first.chain(later)
     }
 
     /// The largest free chunk (highest address among equals).
     pub fn largest(&self) -> Option<(FreeKey, u32)> {
         let b = self.last_nonempty()?;
-        self.bins[b].last_key_value().map(|(&k, &c)| (k, c))
+        self.bins[b].last()
     }
 
     /// Every free chunk with its bin: for invariant checks.
@@ -101,7 +97,7 @@ impl FreeBins {
         self.bins
             .iter()
             .enumerate()
-            .flat_map(|(b, bin)| bin.iter().map(move |(&k, &c)| (b, k, c)))
+            .flat_map(|(b, bin)| bin.iter_from((0, 0)).map(move |(k, c)| (b, k, c)))
     }
 
     pub fn bin_is_marked(&self, b: usize) -> bool {

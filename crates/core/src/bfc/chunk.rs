@@ -19,6 +19,9 @@ pub(crate) struct Chunk {
     pub size: u64,
     /// Bytes the caller asked for (0 when free); `size - requested` is internal fragmentation.
     pub requested: u64,
+    /// Free chunks: the largest stamp of the frees that formed it (merging keeps the maximum,
+    /// a split keeps it on both sides). In-use chunks: 0.
+    pub stamp: u64,
     /// Physical neighbours in address order within the region, or `NIL`.
     pub prev: u32,
     pub next: u32,

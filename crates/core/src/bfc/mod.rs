@@ -37,6 +37,7 @@
 //! Policies that need their own rules (PyTorch's oversize limits, stream pools, ...) use the
 //! two halves separately: [`Bfc::best_fit`] to look, [`Bfc::alloc_chunk`] to take.
 
+mod bin;
 mod bins;
 mod check;
 mod chunk;
@@ -129,6 +130,8 @@ pub struct ChunkInfo {
     pub addr: u64,
     pub size: u64,
     pub requested: u64,
+    /// Free chunks: the largest stamp of the frees that formed it (see [`Bfc::free_stamped`]).
+    pub stamp: u64,
     pub in_use: bool,
     pub region: RegionId,
 }
@@ -228,6 +231,11 @@ impl Bfc {
         self.bins.fits(rounded).map(|(_, c)| ChunkId(c))
     }
 
+    /// Free chunks of at least `min` bytes, in best-fit order (smallest first).
+    pub fn free_chunks(&self, min: u64) -> impl Iterator<Item = ChunkInfo> + '_ {
+        self.bins.fits(min.max(self.config.alignment)).map(|(_, c)| self.info(c))
+    }
+
     /// Marks free chunk `id` in use for a request of `requested` bytes. With `split`, only the
     /// rounded request is taken and the remainder stays free.
     ///
@@ -248,6 +256,7 @@ impl Bfc {
         let c = self.chunks.get_mut(id.0);
         c.in_use = true;
         c.requested = requested;
+        c.stamp = 0;
         let (size, region) = (c.size, c.region);
         self.in_use.insert(addr, id.0);
         self.regions_mut(region).in_use_bytes += size;
@@ -267,6 +276,7 @@ impl Bfc {
             addr: c.addr + keep,
             size: c.size - keep,
             requested: 0,
+            stamp: c.stamp,
             prev: i,
             next: c.next,
             region: c.region,
@@ -289,12 +299,20 @@ impl Bfc {
 
     /// Frees the chunk that starts at `addr` and coalesces it with free neighbours.
     pub fn free(&mut self, addr: u64) -> Result<Freed, BfcError> {
+        self.free_stamped(addr, 0)
+    }
+
+    /// Like [`Bfc::free`], stamping the free chunk with `stamp` (a time, say). The coalesced
+    /// chunk keeps the largest stamp of what it merged, as TensorFlow's `freed_at_count`: an
+    /// owner can tell how recently any part of a free chunk was in use.
+    pub fn free_stamped(&mut self, addr: u64, stamp: u64) -> Result<Freed, BfcError> {
         let i = self
             .in_use
             .remove(&addr)
             .ok_or(BfcError::NotAllocated(addr))?;
         let c = self.chunks.get_mut(i);
         c.in_use = false;
+        c.stamp = stamp;
         let (size, requested, region) = (c.size, c.requested, c.region);
         c.requested = 0;
         self.regions_mut(region).in_use_bytes -= size;
@@ -331,12 +349,13 @@ impl Bfc {
     /// Absorbs the next neighbour of free chunk `i` (both free, neither binned).
     fn merge_next(&mut self, i: u32) {
         let n = self.chunks.get(i).next;
-        let (n_size, n_next, region) = {
+        let (n_size, n_next, region, n_stamp) = {
             let nc = self.chunks.get(n);
-            (nc.size, nc.next, nc.region)
+            (nc.size, nc.next, nc.region, nc.stamp)
         };
         let c = self.chunks.get_mut(i);
         c.size += n_size;
+        c.stamp = c.stamp.max(n_stamp);
         c.next = n_next;
         if n_next != NIL {
             self.chunks.get_mut(n_next).prev = i;
@@ -368,6 +387,7 @@ impl Bfc {
             addr: base,
             size,
             requested: 0,
+            stamp: 0,
             prev: NIL,
             next: NIL,
             region: r,
@@ -436,6 +456,7 @@ impl Bfc {
                 addr: end,
                 size: extra,
                 requested: 0,
+                stamp: 0,
                 prev: last,
                 next: NIL,
                 region: id.0,
@@ -557,6 +578,7 @@ impl Bfc {
             addr: c.addr,
             size: c.size,
             requested: c.requested,
+            stamp: c.stamp,
             in_use: c.in_use,
             region: RegionId(c.region),
         }

@@ -113,6 +113,27 @@ fn free_coalesces_with_both_neighbours() {
 }
 
 #[test]
+fn stamps_survive_splits_and_merge_to_the_maximum() {
+    let mut b = bfc();
+    b.add_region(0, 8 * MIB).unwrap();
+    let x = b.alloc(MIB).unwrap();
+    let y = b.alloc(MIB).unwrap();
+    let z = b.alloc(MIB).unwrap();
+    b.free_stamped(x.addr, 7).unwrap();
+    b.free_stamped(z.addr, 3).unwrap();
+    let stamps = |b: &Bfc| b.free_chunks(1).map(|c| (c.addr, c.stamp)).collect::<Vec<_>>();
+    // z merged with the untouched tail (stamp 0): max is 3.
+    assert_eq!(stamps(&b), vec![(0, 7), (2 * MIB, 3)]);
+    let f = b.free_stamped(y.addr, 5).unwrap();
+    assert_eq!(f.coalesced, (0, 8 * MIB));
+    assert_eq!(stamps(&b), vec![(0, 7)], "merged: the largest stamp");
+    let a = b.alloc(MIB).unwrap();
+    assert_eq!(b.allocated(a.addr).unwrap().stamp, 0);
+    assert_eq!(stamps(&b), vec![(MIB, 7)], "the remainder of a split keeps the stamp");
+    checked(&b);
+}
+
+#[test]
 fn chunks_of_different_regions_never_merge() {
     let mut b = bfc();
     b.add_region(0, MIB).unwrap();

@@ -5,8 +5,9 @@
 //! Trace replay runs every policy on it, and tests check after each step that what a policy
 //! handed out is really mapped and accessible ([`SimDevice::is_accessible`]).
 //!
-//! Time is logical: the replay advances a clock with [`SimDevice::tick`]. Work enqueued on a
-//! stream completes `stream_lag` ticks after it was enqueued (see [`streams`]).
+//! Time is logical: the replay advances a clock with [`SimDevice::tick`] and declares the
+//! kernels it implies with [`SimDevice::work`]; work enqueued on a stream completes
+//! `stream_lag` ticks later (see [`streams`]).
 
 mod classic;
 mod streams;
@@ -31,6 +32,10 @@ pub struct SimConfig {
     pub granularity: u64,
     /// Ticks after which work enqueued on a stream has completed (0: at once).
     pub stream_lag: u64,
+    /// Check every call against CUDA's rules and keep the indexes that `is_accessible` and the
+    /// stream-hazard checks need. Timed replays turn this off so that the simulator's own
+    /// bookkeeping is not billed to the allocator; their decisions are identical.
+    pub validate: bool,
 }
 
 impl Default for SimConfig {
@@ -41,6 +46,7 @@ impl Default for SimConfig {
             capacity: 80 << 30,
             granularity: 2 << 20,
             stream_lag: 0,
+            validate: true,
         }
     }
 }
@@ -66,7 +72,7 @@ impl SimDevice {
             config,
             meter: Meter::default(),
             classic: ClassicHeap::new(CLASSIC_BASE, config.granularity),
-            vmm: VirtualMemory::new(VIRTUAL_BASE, config.granularity),
+            vmm: VirtualMemory::new(VIRTUAL_BASE, config.granularity, config.validate),
             clock: StreamClock::new(config.stream_lag),
         }
     }
@@ -104,9 +110,19 @@ impl SimDevice {
     /// before the stream has passed this point is then an error, as it would fault on a GPU.
     /// With no stream lag, work is done at once and nothing needs recording.
     pub fn use_until_now(&mut self, addr: DevAddr, size: u64, stream: StreamId) {
-        let done_at = self.clock.done_at(stream);
+        let done_at = self.clock.work(stream);
         if done_at > self.clock.now() {
             self.vmm.note_use(addr, size, stream, done_at);
+        }
+    }
+
+    /// Declares that the host enqueued work (kernels) on `stream` now: events recorded on the
+    /// stream later complete only once it has run. Replays call this for every operation, as
+    /// every allocation is used by kernels on its stream.
+    #[inline]
+    pub fn work(&mut self, stream: StreamId) {
+        if self.config.stream_lag > 0 {
+            self.clock.work(stream);
         }
     }
 

@@ -117,12 +117,12 @@ fn vmm_misuse_is_reported() {
 }
 
 #[test]
-fn events_complete_after_the_stream_lag() {
-    let mut d = SimDevice::new(SimConfig {
-        stream_lag: 3,
-        ..SimConfig::default()
-    });
+fn events_complete_when_the_work_before_them_has() {
+    let mut d = SimDevice::new(SimConfig { stream_lag: 3, ..SimConfig::default() });
     let (s1, s2) = (StreamId(1), StreamId(2));
+    let idle = d.event_record(s1).unwrap();
+    assert!(d.event_query(idle).unwrap(), "nothing pending: complete at once");
+    d.work(s1); // done at 3
     let e = d.event_record(s1).unwrap();
     assert!(!d.event_query(e).unwrap());
     d.tick();
@@ -131,26 +131,23 @@ fn events_complete_after_the_stream_lag() {
     d.tick();
     assert!(d.event_query(e).unwrap());
     // A stream that waits on another's event completes no earlier than that event.
-    let e1 = d.event_record(s1).unwrap(); // done at 6
+    d.work(s1); // done at 6
+    let e1 = d.event_record(s1).unwrap();
     d.tick(); // now 4
     d.stream_wait_event(s2, e1).unwrap();
-    let e2 = d.event_record(s2).unwrap(); // max(4 + 3, 6) = 7
+    d.work(s2); // max(4 + 3, 6) = 7
+    let e2 = d.event_record(s2).unwrap();
     d.tick();
     d.tick(); // now 6
     assert!(d.event_query(e1).unwrap());
     assert!(!d.event_query(e2).unwrap());
-    let e3 = d.event_record(s1).unwrap(); // done at 9
+    d.work(s1); // done at 9
+    let e3 = d.event_record(s1).unwrap();
     assert!(!d.is_ordered_after(s2, e3), "s2 has not waited for e3");
     d.stream_wait_event(s2, e3).unwrap();
-    assert!(
-        d.is_ordered_after(s2, e3),
-        "after waiting, s2's new work is ordered after e3"
-    );
+    assert!(d.is_ordered_after(s2, e3), "after waiting, s2's new work is ordered after e3");
     d.stream_synchronize(s2).unwrap();
-    assert!(
-        d.event_query(e2).unwrap(),
-        "synchronize waits for the stream's work"
-    );
+    assert!(d.event_query(e2).unwrap(), "synchronize waits for the stream's work");
     assert_eq!(d.meter().calls.get(DriverCall::Synchronize), 1);
 }
 

@@ -34,7 +34,11 @@ pub(super) struct VirtualMemory {
     handles: FxHashMap<u64, Handle>,
     next_handle: u64,
     /// start -> mapping
-    mappings: BTreeMap<u64, Mapping>,
+    mappings: FxHashMap<u64, Mapping>,
+    /// Whether to check every call against CUDA's rules (see [`super::SimConfig::validate`]).
+    validate: bool,
+    /// Mapping starts in order, for the overlap and containment checks (validating only).
+    starts: std::collections::BTreeSet<u64>,
     mapped_bytes: u64,
     /// Ranges streams may still be using (from [`SimDevice::use_until`]), for hazard checks.
     pending: PendingUses,
@@ -43,14 +47,16 @@ pub(super) struct VirtualMemory {
 type Res<T> = Result<T, String>;
 
 impl VirtualMemory {
-    pub fn new(base: u64, granularity: u64) -> Self {
+    pub fn new(base: u64, granularity: u64, validate: bool) -> Self {
         VirtualMemory {
+            validate,
+            starts: Default::default(),
             granularity,
             next_va: base,
             reservations: BTreeMap::new(),
             handles: FxHashMap::default(),
             next_handle: 1,
-            mappings: BTreeMap::new(),
+            mappings: FxHashMap::default(),
             mapped_bytes: 0,
             pending: BTreeMap::new(),
         }
@@ -87,7 +93,7 @@ impl VirtualMemory {
             }
             None => return Err(format!("{addr:#x} is not the start of a reservation")),
         }
-        if let Some((&m, _)) = self.mappings.range(addr..addr + size).next() {
+        if let Some(&m) = self.starts.range(addr..addr + size).next() {
             return Err(format!(
                 "reservation at {addr:#x} still has a mapping at {m:#x}"
             ));
@@ -143,16 +149,19 @@ impl VirtualMemory {
             return Err(format!("handle {} was released", h.0));
         }
         let size = handle.size;
-        if !addr.is_multiple_of(self.granularity) {
-            return Err(format!("address {addr:#x} is not granule-aligned"));
-        }
-        if !self.inside_reservation(addr, size) {
-            return Err(format!(
-                "[{addr:#x}, +{size}) is not inside one reservation"
-            ));
-        }
-        if self.overlapping_mapping(addr, size).is_some() {
-            return Err(format!("[{addr:#x}, +{size}) overlaps an existing mapping"));
+        if self.validate {
+            if !addr.is_multiple_of(self.granularity) {
+                return Err(format!("address {addr:#x} is not granule-aligned"));
+            }
+            if !self.inside_reservation(addr, size) {
+                return Err(format!("[{addr:#x}, +{size}) is not inside one reservation"));
+            }
+            if self.overlapping_mapping(addr, size).is_some() {
+                return Err(format!("[{addr:#x}, +{size}) overlaps an existing mapping"));
+            }
+            self.starts.insert(addr);
+        } else if self.mappings.contains_key(&addr) {
+            return Err(format!("{addr:#x} is mapped already"));
         }
         self.mappings.insert(
             addr,
@@ -202,7 +211,8 @@ impl VirtualMemory {
     /// Returns the bytes freed now (non-zero when the handle was already released).
     /// Fails if a stream may still be using the range at time `now`.
     pub fn unmap_at(&mut self, addr: u64, size: u64, now: u64) -> Res<u64> {
-        if let Some((start, stream)) = self.pending_use(addr, size, now) {
+        if self.validate
+            && let Some((start, stream)) = self.pending_use(addr, size, now) {
             return Err(format!(
                 "[{addr:#x}, +{size}) is unmapped while stream {} may still use the block at {start:#x}",
                 stream.0
@@ -224,6 +234,7 @@ impl VirtualMemory {
             None => return Err(format!("no mapping starts at {addr:#x}")),
         }
         let m = self.mappings.remove(&addr).expect("checked above");
+        self.starts.remove(&addr);
         self.mapped_bytes -= size;
         self.handles
             .get_mut(&m.handle)
@@ -263,11 +274,20 @@ impl VirtualMemory {
         Ok(starts)
     }
 
+    /// The mapping covering `addr`, if any (validating devices only).
+    fn mapping_at(&self, addr: u64) -> Option<(u64, &Mapping)> {
+        let &s = self.starts.range(..=addr).next_back()?;
+        let m = &self.mappings[&s];
+        (s + m.size > addr).then_some((s, m))
+    }
+
+    /// Whether the range is mapped with access set (validating devices only: others answer
+    /// `false`, having kept no ordered index).
     pub fn is_accessible(&self, addr: u64, size: u64) -> bool {
         let (mut at, end) = (addr, addr + size.max(1));
         while at < end {
-            match self.mappings.range(..=at).next_back() {
-                Some((&s, m)) if s + m.size > at && m.accessible => at = s + m.size,
+            match self.mapping_at(at) {
+                Some((s, m)) if m.accessible => at = s + m.size,
                 _ => return false,
             }
         }
@@ -282,15 +302,10 @@ impl VirtualMemory {
     }
 
     fn overlapping_mapping(&self, addr: u64, size: u64) -> Option<u64> {
-        if let Some((&s, m)) = self.mappings.range(..=addr).next_back()
-            && s + m.size > addr
-        {
+        if let Some((s, _)) = self.mapping_at(addr) {
             return Some(s);
         }
-        self.mappings
-            .range(addr..addr + size)
-            .next()
-            .map(|(&s, _)| s)
+        self.starts.range(addr..addr + size).next().copied()
     }
 
     pub fn mapped_bytes(&self) -> u64 {

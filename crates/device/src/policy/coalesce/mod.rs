@@ -29,6 +29,8 @@ mod fences;
 mod growth;
 mod pool;
 mod space;
+#[cfg(test)]
+mod tests;
 
 use super::registry::PolicyInfo;
 use super::spec::PolicySpec;
@@ -37,7 +39,7 @@ use crate::backend::{Backend, DevAddr, StreamId};
 use fences::Fences;
 use growth::Growth;
 use pool::Pool;
-use space::{Ctx, Space};
+use space::{Ctx, Idle, Space};
 
 pub(super) const INFO: PolicyInfo = PolicyInfo {
     name: "coalesce",
@@ -159,66 +161,45 @@ pub struct Coalesce {
 
 impl Coalesce {
     pub fn new(config: Config) -> Self {
-        Coalesce {
-            config,
-            pool: None,
-            fences: Fences::default(),
-            spaces: Vec::new(),
-            tick: 0,
-            live_bytes: 0,
-        }
+        Coalesce { config, pool: None, fences: Fences::default(), spaces: Vec::new(), tick: 0, live_bytes: 0 }
     }
 
     /// Index of the space for `stream` and size class `small`, reserving it on first use.
-    fn space_for(
-        &mut self,
-        dev: &mut dyn Backend,
-        stream: StreamId,
-        small: bool,
-    ) -> Result<usize, PolicyError> {
-        let granule = dev.granularity();
-        let max_small = (self.config.max_handle / granule).max(1) as u32;
-        if let Some(i) = self
-            .spaces
-            .iter()
-            .position(|s| s.stream == stream && s.small == small)
-        {
+    fn space_for(&mut self, dev: &mut dyn Backend, stream: StreamId, small: bool) -> Result<usize, PolicyError> {
+        if let Some(i) = self.spaces.iter().position(|s| s.stream == stream && s.small == small) {
             return Ok(i);
         }
+        let granule = dev.granularity();
         let growth = Growth {
             ahead_div: self.config.ahead_div,
             cap_div: self.config.cap_div,
             burst_div: self.config.burst_div,
             // Small objects pack into single granules: they must never pin large handles.
-            max_granules: if small { 1 } else { max_small },
+            max_granules: if small { 1 } else { (self.config.max_handle / granule).max(1) as u32 },
             waste_permille: self.config.waste_permille,
             lean_mode: self.config.lean_mode,
         };
         let pool = self.pool.get_or_insert_with(|| Pool::new(granule));
-        let size = dev
-            .total_memory()
-            .saturating_mul(self.config.va_factor as u64);
-        let mut space = Space::reserve(dev, pool, stream, small, size, growth)?;
-        space.set_load_only_burst(self.config.load_only_burst);
-        self.spaces.push(space);
+        let size = dev.total_memory().saturating_mul(self.config.va_factor as u64);
+        self.spaces.push(Space::reserve(dev, pool, stream, small, size, growth, self.config.load_only_burst)?);
         Ok(self.spaces.len() - 1)
     }
 
-    fn ctx<'a>(
-        pool: &'a mut Pool,
-        fences: &'a mut Fences,
-        dev: &'a mut dyn Backend,
-        now: u64,
-        live_bytes: u64,
-    ) -> Ctx<'a> {
-        let live_granules = (live_bytes / dev.granularity()).min(u32::MAX as u64) as u32;
-        Ctx {
-            dev,
-            pool,
-            fences,
-            now,
-            live_granules,
+    /// Idle handles of every space, except those overlapping granules `skip.1..=skip.2` of
+    /// space `skip.0`.
+    fn idle_handles(&self, skip: Option<(usize, u32, u32)>) -> Vec<Idle> {
+        let Some(pool) = self.pool.as_ref() else { return Vec::new() };
+        // An idle handle is a whole granule or more of mapped memory without live data: with
+        // less mapped memory than that beyond what is live, there is none (growth phases).
+        if pool.mapped_bytes() < self.live_bytes + pool.granule() {
+            return Vec::new();
         }
+        let mut idle = Vec::new();
+        for (k, space) in self.spaces.iter().enumerate() {
+            let skip = skip.filter(|s| s.0 == k).map(|s| (s.1, s.2));
+            space.idle_handles(pool, skip, &mut idle);
+        }
+        idle
     }
 }
 
@@ -227,55 +208,38 @@ impl Policy for Coalesce {
         INFO.name
     }
 
-    fn alloc(
-        &mut self,
-        dev: &mut dyn Backend,
-        size: u64,
-        stream: StreamId,
-    ) -> Result<Block, PolicyError> {
+    fn alloc(&mut self, dev: &mut dyn Backend, size: u64, stream: StreamId) -> Result<Block, PolicyError> {
         self.tick += 1;
         let i = self.space_for(dev, stream, size <= self.config.small_max)?;
-        let (space, pool) = (
-            &mut self.spaces[i],
-            self.pool.as_mut().expect("created with the first space"),
-        );
+        let pool = self.pool.as_ref().expect("created with the first space");
+        let space = &self.spaces[i];
         let rounded = space.bfc.round(size).ok_or(PolicyError::TooLarge(size))?;
-        let chunk = space
-            .choose(pool, rounded, self.config.search)
-            .ok_or(PolicyError::TooLarge(size))?;
+        let (chunk, backed) = space.choose(pool, rounded, self.config.search).ok_or(PolicyError::TooLarge(size))?;
+        if backed {
+            // The common case: no physical memory to find.
+            let (addr, size) = self.spaces[i].take_backed(chunk, size);
+            self.live_bytes += size;
+            return Ok(Block { addr, size });
+        }
+        let (g0, g1) = space.granule_range(space.bfc.chunk(chunk).addr, rounded);
+        let idle = self.idle_handles(Some((i, g0, g1)));
         // The block being backed is live already: memory created for it is not waste.
-        let mut ctx = Self::ctx(
-            pool,
-            &mut self.fences,
-            dev,
-            self.tick,
-            self.live_bytes + rounded,
-        );
-        let (addr, size) = space.take(&mut ctx, chunk, size)?;
+        let live_granules = ((self.live_bytes + rounded) / dev.granularity()).min(u32::MAX as u64) as u32;
+        let pool = self.pool.as_mut().expect("created with the first space");
+        let mut ctx = Ctx { dev, pool, fences: &mut self.fences, idle, now: self.tick, live_granules };
+        let (addr, size) = self.spaces[i].take(&mut ctx, chunk, size)?;
         self.live_bytes += size;
         Ok(Block { addr, size })
     }
 
-    fn free(
-        &mut self,
-        dev: &mut dyn Backend,
-        addr: DevAddr,
-        stream: StreamId,
-    ) -> Result<(), PolicyError> {
+    fn free(&mut self, dev: &mut dyn Backend, addr: DevAddr, stream: StreamId) -> Result<(), PolicyError> {
         self.tick += 1;
-        let space = self
-            .spaces
-            .iter_mut()
-            .find(|s| s.contains(addr))
-            .ok_or(PolicyError::UnknownAddress(addr))?;
-        let pool = self.pool.as_mut().expect("a space implies the pool");
-        let size = space
-            .give_back(pool, addr, self.tick)
-            .ok_or(PolicyError::UnknownAddress(addr))?;
+        let space = self.spaces.iter_mut().find(|s| s.contains(addr)).ok_or(PolicyError::UnknownAddress(addr))?;
+        let size = space.give_back(addr, self.tick).ok_or(PolicyError::UnknownAddress(addr))?;
         self.live_bytes -= size;
         if stream != space.stream {
-            // Freed in another stream's order: make the block's own stream wait for that work, so
-            // its fences cover this free too.
+            // Freed in another stream's order: make the block's own stream wait for that work,
+            // so its fences cover this free too.
             let event = dev.event_record(stream)?;
             dev.stream_wait_event(space.stream, event)?;
             dev.event_release(event);
@@ -290,28 +254,22 @@ impl Policy for Coalesce {
     /// Waits for every stream (as PyTorch's `empty_cache` does before unmapping), then releases
     /// all idle and spare physical memory.
     fn empty_cache(&mut self, dev: &mut dyn Backend) -> Result<(), PolicyError> {
-        let Some(pool) = self.pool.as_mut() else {
+        if self.pool.is_none() {
             return Ok(());
-        };
+        }
         dev.device_synchronize()?;
         for stream in self.spaces.iter().map(|s| s.stream) {
             self.fences.mark_done(stream, self.tick);
         }
-        space::trim(dev, pool, &self.fences)
+        let idle = self.idle_handles(None);
+        let pool = self.pool.as_mut().expect("checked above");
+        let mut ctx = Ctx { dev, pool, fences: &mut self.fences, idle, now: self.tick, live_granules: 0 };
+        space::trim(&mut ctx)
     }
 
     fn usage(&self) -> Usage {
-        let largest_free_block = self
-            .spaces
-            .iter()
-            .map(|s| s.bfc.largest_free())
-            .max()
-            .unwrap_or(0);
-        Usage {
-            allocated_bytes: self.live_bytes,
-            largest_free_block,
-            segments: self.spaces.len(),
-        }
+        let largest_free_block = self.spaces.iter().map(|s| s.bfc.largest_free()).max().unwrap_or(0);
+        Usage { allocated_bytes: self.live_bytes, largest_free_block, segments: self.spaces.len() }
     }
 
     fn segments(&self) -> Vec<Segment> {
@@ -319,16 +277,11 @@ impl Policy for Coalesce {
     }
 
     fn check_invariants(&self) -> Result<(), String> {
-        let Some(pool) = &self.pool else {
-            return Ok(());
-        };
+        let Some(pool) = &self.pool else { return Ok(()) };
         pool.check()?;
         let live: u64 = self.spaces.iter().map(|s| s.bfc.stats().in_use_bytes).sum();
         if live != self.live_bytes {
-            return Err(format!(
-                "live byte counter {} but spaces hold {live}",
-                self.live_bytes
-            ));
+            return Err(format!("live byte counter {} but spaces hold {live}", self.live_bytes));
         }
         self.spaces.iter().try_for_each(|s| s.check(pool))
     }

@@ -6,18 +6,17 @@
 //! what makes physical memory fungible: an idle handle in any space can back a block in any
 //! other.
 //!
-//! A mapped handle is *idle* when no live block overlaps it, which (free chunks being maximal)
-//! is exactly when one free chunk of its space's BFC contains it. Only an alloc or free of a
-//! block over the handle changes that, so the space re-examines just those handles
-//! ([`Pool::mark_busy_over`], [`Pool::mark_idle_over`]). Idleness is a flag plus the tick it
-//! started; the list of idle handles is kept lazily (candidates validated when used), so the
-//! hot path never touches an ordered set.
+//! The pool does not track which handles are idle: a mapped handle is idle exactly when a free
+//! chunk of its space's BFC contains it, so the owner derives idle handles from the BFC's large
+//! free chunks on the rare path that needs them ([`Pool::handles_within`]). That keeps
+//! allocation and free free of any per-handle work. What the hot path does need, whether a
+//! range is already mapped, is a bitmap per space: one bit per granule.
 //!
-//! Invariants (checked by [`Pool::check`]): a table entry names the handle whose mapping covers
-//! that granule; every idle handle is a candidate; spare handles are in the spare index; the
-//! held-granule counter matches the handles.
+//! Invariants (checked by [`Pool::check`] and [`Pool::check_space`]): a table entry names the
+//! handle whose mapping covers that granule, and its bit is set exactly then; spare handles are
+//! in the spare index; the held-granule counter matches the handles.
 
-use crate::backend::{PhysHandle, StreamId};
+use crate::backend::PhysHandle;
 use std::collections::BTreeSet;
 
 pub(super) const NONE: u32 = u32::MAX;
@@ -35,80 +34,44 @@ pub(super) struct Handle {
     pub phys: PhysHandle,
     pub granules: u32,
     pub place: Place,
-    /// Mapped and no live block overlaps it.
-    pub idle: bool,
-    /// Policy tick of the free that made it idle: its stream may use it until past this.
-    pub idle_since: u64,
 }
 
-/// What the pool knows of a space: where its range starts and which stream it serves.
-#[derive(Clone, Copy, Debug)]
-struct SpaceInfo {
+/// The mapping state of one space.
+#[derive(Debug)]
+struct SpaceMap {
     base: u64,
-    stream: StreamId,
+    /// The handle mapped under each granule, or `NONE`.
+    table: Vec<u32>,
+    /// One bit per granule: mapped.
+    bits: Vec<u64>,
+    /// No granule at or above this has ever been mapped (bounds scans of huge free ranges).
+    high: u32,
 }
 
 #[derive(Debug)]
 pub(super) struct Pool {
     /// Bytes per granule.
     granule: u64,
-    spaces: Vec<SpaceInfo>,
-    /// Per space, the handle mapped under each granule (or `NONE`).
-    tables: Vec<Vec<u32>>,
+    spaces: Vec<SpaceMap>,
     handles: Vec<Handle>,
     vacant: Vec<u32>,
-    /// Handles that were idle when pushed; stale once they turn busy or move.
-    idle_candidates: Vec<u32>,
     /// Spare handles by `(granules, slot)`.
     spare: BTreeSet<(u32, u32)>,
     /// Granules held in handles (mapped or spare): the reserved memory.
     held: u64,
+    /// Granules held in spare handles.
+    spare_granules: u64,
 }
 
 impl Pool {
     pub fn new(granule: u64) -> Self {
-        Pool {
-            granule,
-            spaces: Vec::new(),
-            tables: Vec::new(),
-            handles: Vec::new(),
-            vacant: Vec::new(),
-            idle_candidates: Vec::new(),
-            spare: BTreeSet::new(),
-            held: 0,
-        }
+        Pool { granule, spaces: Vec::new(), handles: Vec::new(), vacant: Vec::new(), spare: BTreeSet::new(), held: 0, spare_granules: 0 }
     }
 
-    /// Adds the mapping table of a new space at `base` of `granules` granules serving
-    /// `stream`; returns its id.
-    pub fn add_space(&mut self, base: u64, granules: usize, stream: StreamId) -> u16 {
-        self.spaces.push(SpaceInfo { base, stream });
-        self.tables.push(vec![NONE; granules]);
-        u16::try_from(self.tables.len() - 1).expect("fewer than 65536 spaces")
-    }
-
-    pub fn space_stream(&self, space: u16) -> StreamId {
-        self.spaces[space as usize].stream
-    }
-
-    /// The stream whose space handle `h` is mapped in (mapped handles only).
-    pub fn stream_of(&self, h: u32) -> StreamId {
-        match self.handles[h as usize].place {
-            Place::Mapped { space, .. } => self.space_stream(space),
-            Place::Spare => unreachable!("a spare handle has no stream"),
-        }
-    }
-
-    /// `(address, bytes)` of mapped handle `h`.
-    pub fn mapping_of(&self, h: u32) -> (u64, u64) {
-        let rec = &self.handles[h as usize];
-        match rec.place {
-            Place::Mapped { space, at } => (
-                self.spaces[space as usize].base + at as u64 * self.granule,
-                rec.granules as u64 * self.granule,
-            ),
-            Place::Spare => unreachable!("a spare handle has no mapping"),
-        }
+    /// Adds the mapping state of a new space at `base` of `granules` granules; returns its id.
+    pub fn add_space(&mut self, base: u64, granules: usize) -> u16 {
+        self.spaces.push(SpaceMap { base, table: vec![NONE; granules], bits: vec![0; granules.div_ceil(64)], high: 0 });
+        u16::try_from(self.spaces.len() - 1).expect("fewer than 65536 spaces")
     }
 
     #[inline]
@@ -116,89 +79,72 @@ impl Pool {
         &self.handles[h as usize]
     }
 
+    /// Granules held in handles: the reserved memory.
     pub fn held(&self) -> u64 {
         self.held
     }
 
-    #[inline]
-    fn table(&self, space: u16) -> &[u32] {
-        &self.tables[space as usize]
+    pub fn granule(&self) -> u64 {
+        self.granule
     }
 
-    /// Whether every granule of `g0..=g1` in `space` is mapped (one step per handle).
+    /// Bytes mapped in all spaces.
+    pub fn mapped_bytes(&self) -> u64 {
+        (self.held - self.spare_granules) * self.granule
+    }
+
+    /// `(address, bytes)` of mapped handle `h`.
+    pub fn mapping_of(&self, h: u32) -> (u64, u64) {
+        let rec = &self.handles[h as usize];
+        match rec.place {
+            Place::Mapped { space, at } => (self.spaces[space as usize].base + at as u64 * self.granule, rec.granules as u64 * self.granule),
+            Place::Spare => unreachable!("a spare handle has no mapping"),
+        }
+    }
+
+    /// Whether every granule of `g0..=g1` in `space` is mapped.
     #[inline]
     pub fn all_mapped(&self, space: u16, g0: u32, g1: u32) -> bool {
-        let table = self.table(space);
-        let mut g = g0;
-        while g <= g1 {
-            match table[g as usize] {
-                NONE => return false,
-                h => g = self.end_of(h),
-            }
+        let bits = &self.spaces[space as usize].bits;
+        let (w0, w1) = ((g0 / 64) as usize, (g1 / 64) as usize);
+        let lo = !0u64 << (g0 % 64);
+        let hi = !0u64 >> (63 - g1 % 64);
+        if w0 == w1 {
+            return bits[w0] & lo & hi == lo & hi;
         }
-        true
+        bits[w0] & lo == lo && bits[w0 + 1..w1].iter().all(|&w| w == !0) && bits[w1] & hi == hi
     }
 
     #[inline]
-    fn end_of(&self, h: u32) -> u32 {
-        match self.handles[h as usize].place {
-            Place::Mapped { at, .. } => at + self.handles[h as usize].granules,
-            Place::Spare => unreachable!("table entry names a spare handle"),
-        }
+    fn is_mapped(&self, space: u16, g: u32) -> bool {
+        self.spaces[space as usize].bits[(g / 64) as usize] & (1 << (g % 64)) != 0
     }
 
     /// Unmapped granules of `space` from `g` upwards, at most `max`.
     pub fn unmapped_run(&self, space: u16, g: u32, max: u32) -> u32 {
-        let table = self.table(space);
-        let end = (g as usize + max as usize).min(table.len());
-        table[g as usize..end]
-            .iter()
-            .take_while(|&&h| h == NONE)
-            .count() as u32
+        let end = (g as u64 + max as u64).min(self.spaces[space as usize].table.len() as u64) as u32;
+        (g..end).take_while(|&x| !self.is_mapped(space, x)).count() as u32
     }
 
-    /// Marks busy every mapped handle over `g0..=g1` of `space` (a live block now overlaps
-    /// them); returns whether some granule there is unmapped.
-    #[inline]
-    pub fn mark_busy_over(&mut self, space: u16, g0: u32, g1: u32) -> bool {
-        let (mut g, mut unmapped) = (g0, false);
-        while g <= g1 {
-            match self.tables[space as usize][g as usize] {
-                NONE => {
-                    unmapped = true;
-                    g += 1;
-                }
-                h => {
-                    self.handles[h as usize].idle = false;
-                    g = self.end_of(h);
-                }
+    /// Calls `visit` with every handle mapped entirely within granules `from..to` of `space`.
+    /// Skips unmapped stretches a word of the bitmap at a time.
+    pub fn handles_within(&self, space: u16, from: u32, to: u32, mut visit: impl FnMut(u32)) {
+        let map = &self.spaces[space as usize];
+        let to = to.min(map.high);
+        let mut g = from;
+        while g < to {
+            if map.bits[(g / 64) as usize] >> (g % 64) == 0 {
+                g = (g / 64 + 1) * 64;
+                continue;
             }
-        }
-        unmapped
-    }
-
-    /// After a free over `g0..=g1` of `space` at tick `now`: marks idle every handle there
-    /// that lies within granules `free_from..free_to`, the whole granules of the free chunk
-    /// the block joined.
-    #[inline]
-    pub fn mark_idle_over(
-        &mut self,
-        space: u16,
-        g0: u32,
-        g1: u32,
-        free_from: u32,
-        free_to: u32,
-        now: u64,
-    ) {
-        let mut g = g0;
-        while g <= g1 {
-            match self.tables[space as usize][g as usize] {
+            match map.table[g as usize] {
                 NONE => g += 1,
                 h => {
-                    let end = self.end_of(h);
-                    let at = end - self.handles[h as usize].granules;
-                    if free_from <= at && end <= free_to {
-                        self.set_idle(h, now);
+                    let rec = &self.handles[h as usize];
+                    let Place::Mapped { at, .. } = rec.place else { unreachable!("table names a spare handle") };
+                    let end = at + rec.granules;
+                    if at >= from && end <= to {
+                        visit(h);
                     }
                     g = end;
                 }
@@ -206,29 +152,10 @@ impl Pool {
         }
     }
 
-    fn set_idle(&mut self, h: u32, now: u64) {
-        let rec = &mut self.handles[h as usize];
-        if !rec.idle {
-            rec.idle = true;
-            rec.idle_since = now;
-            self.idle_candidates.push(h);
-            // Bound the list: compact once stale entries dominate (amortised O(1)).
-            if self.idle_candidates.len() > 2 * self.handles.len() + 64 {
-                self.compact_candidates();
-            }
-        }
-    }
-
     /// Registers a new spare handle; returns its slot.
     pub fn add_handle(&mut self, phys: PhysHandle, granules: u32) -> u32 {
         self.held += granules as u64;
-        let rec = Handle {
-            phys,
-            granules,
-            place: Place::Spare,
-            idle: false,
-            idle_since: 0,
-        };
+        let rec = Handle { phys, granules, place: Place::Spare };
         let h = match self.vacant.pop() {
             Some(s) => {
                 self.handles[s as usize] = rec;
@@ -240,6 +167,7 @@ impl Pool {
             }
         };
         self.spare.insert((granules, h));
+        self.spare_granules += granules as u64;
         h
     }
 
@@ -248,6 +176,7 @@ impl Pool {
         let rec = &mut self.handles[h as usize];
         debug_assert_eq!(rec.place, Place::Spare, "removing a mapped handle");
         self.spare.remove(&(rec.granules, h));
+        self.spare_granules -= rec.granules as u64;
         self.held -= rec.granules as u64;
         rec.granules = 0;
         self.vacant.push(h);
@@ -255,58 +184,39 @@ impl Pool {
     }
 
     /// Records that spare handle `h` is now mapped at granule `at` of `space` (all unmapped
-    /// before); it overlaps the block being backed, so it is busy.
+    /// before).
     pub fn set_mapped(&mut self, h: u32, space: u16, at: u32) {
         let n = self.handles[h as usize].granules;
         self.spare.remove(&(n, h));
-        let table = &mut self.tables[space as usize];
+        self.spare_granules -= n as u64;
+        let map = &mut self.spaces[space as usize];
         for g in at..at + n {
-            debug_assert_eq!(table[g as usize], NONE, "granule {g} mapped twice");
-            table[g as usize] = h;
+            debug_assert_eq!(map.table[g as usize], NONE, "granule {g} mapped twice");
+            map.table[g as usize] = h;
+            map.bits[(g / 64) as usize] |= 1 << (g % 64);
         }
-        let rec = &mut self.handles[h as usize];
-        rec.place = Place::Mapped { space, at };
-        rec.idle = false;
+        map.high = map.high.max(at + n);
+        self.handles[h as usize].place = Place::Mapped { space, at };
     }
 
-    /// Records that idle handle `h` is no longer mapped; it becomes spare.
+    /// Records that handle `h` is no longer mapped; it becomes spare.
     pub fn set_unmapped(&mut self, h: u32) {
         let rec = &mut self.handles[h as usize];
-        debug_assert!(rec.idle, "unmapping a handle with live data");
-        let Place::Mapped { space, at } = rec.place else {
-            unreachable!("unmapping a spare handle")
-        };
+        let Place::Mapped { space, at } = rec.place else { unreachable!("unmapping a spare handle") };
         let n = rec.granules;
         rec.place = Place::Spare;
-        rec.idle = false;
-        self.tables[space as usize][at as usize..(at + n) as usize].fill(NONE);
+        let map = &mut self.spaces[space as usize];
+        for g in at..at + n {
+            map.table[g as usize] = NONE;
+            map.bits[(g / 64) as usize] &= !(1 << (g % 64));
+        }
         self.spare.insert((n, h));
-    }
-
-    fn compact_candidates(&mut self) {
-        let handles = &self.handles;
-        self.idle_candidates.retain(|&h| handles[h as usize].idle);
-        self.idle_candidates.sort_unstable();
-        self.idle_candidates.dedup();
-    }
-
-    /// Idle handles that `usable` accepts, as `(granules, slot)`. Only the backing path and
-    /// trimming call this.
-    pub fn idle(&mut self, usable: impl Fn(&Handle) -> bool) -> Vec<(u32, u32)> {
-        self.compact_candidates();
-        self.idle_candidates
-            .iter()
-            .map(|&h| (self.handles[h as usize].granules, h))
-            .filter(|&(_, h)| usable(&self.handles[h as usize]))
-            .collect()
+        self.spare_granules += n as u64;
     }
 
     /// The smallest spare handle of `min..=max` granules.
     pub fn spare_fit(&self, min: u32, max: u32) -> Option<u32> {
-        self.spare
-            .range((min, 0)..=(max, NONE))
-            .next()
-            .map(|&(_, h)| h)
+        self.spare.range((min, 0)..=(max, NONE)).next().map(|&(_, h)| h)
     }
 
     /// The largest spare handle of fewer than `n` granules.
@@ -314,55 +224,28 @@ impl Pool {
         self.spare.range(..(n, 0)).next_back().map(|&(_, h)| h)
     }
 
-    /// The largest spare handle.
+    /// The largest spare handle, as `(granules, slot)`.
     pub fn largest_spare(&self) -> Option<(u32, u32)> {
         self.spare.iter().next_back().copied()
     }
 
-    /// Checks `space`'s table and the handles; `is_free(first, end)` says whether a granule
-    /// range of the space lies in free space.
-    pub fn check_space(
-        &self,
-        space: u16,
-        is_free: impl Fn(u32, u32) -> bool,
-    ) -> Result<(), String> {
-        for (g, &h) in self.table(space).iter().enumerate() {
+    /// Checks `space`'s table and bitmap against the handles.
+    pub fn check_space(&self, space: u16) -> Result<(), String> {
+        let map = &self.spaces[space as usize];
+        for (g, &h) in map.table.iter().enumerate() {
+            let g = g as u32;
+            if self.is_mapped(space, g) != (h != NONE) {
+                return Err(format!("space {space} granule {g}: bitmap and table disagree"));
+            }
             if h == NONE {
                 continue;
             }
+            if g >= map.high {
+                return Err(format!("space {space} granule {g} mapped above the high mark {}", map.high));
+            }
             match self.handles[h as usize].place {
-                Place::Mapped { space: s, at }
-                    if s == space
-                        && at <= g as u32
-                        && (g as u32) < at + self.handles[h as usize].granules => {}
-                place => {
-                    return Err(format!(
-                        "space {space} granule {g} names handle {h}, which is {place:?}"
-                    ));
-                }
-            }
-        }
-        for (h, rec) in self
-            .handles
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.granules > 0)
-        {
-            let Place::Mapped { space: s, at } = rec.place else {
-                continue;
-            };
-            if s != space {
-                continue;
-            }
-            let free = is_free(at, at + rec.granules);
-            if free != rec.idle {
-                return Err(format!(
-                    "handle {h} at granule {at}: idle flag {} but free space says {free}",
-                    rec.idle
-                ));
-            }
-            if rec.idle && !self.idle_candidates.contains(&(h as u32)) {
-                return Err(format!("idle handle {h} is not a candidate"));
+                Place::Mapped { space: s, at } if s == space && at <= g && g < at + self.handles[h as usize].granules => {}
+                place => return Err(format!("space {space} granule {g} names handle {h}, which is {place:?}")),
             }
         }
         Ok(())
@@ -371,27 +254,55 @@ impl Pool {
     /// Checks what is not per space: the spare index and the held counter.
     pub fn check(&self) -> Result<(), String> {
         let mut held = 0;
-        for (h, rec) in self
-            .handles
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.granules > 0)
-        {
+        for (h, rec) in self.handles.iter().enumerate().filter(|(_, r)| r.granules > 0) {
             held += rec.granules as u64;
             let spare = self.spare.contains(&(rec.granules, h as u32));
             if spare != (rec.place == Place::Spare) {
-                return Err(format!(
-                    "handle {h} is {:?} but spare index says {spare}",
-                    rec.place
-                ));
+                return Err(format!("handle {h} is {:?} but spare index says {spare}", rec.place));
+            }
+            if let Place::Mapped { space, at } = rec.place {
+                let table = &self.spaces[space as usize].table;
+                if (at..at + rec.granules).any(|g| table[g as usize] != h as u32) {
+                    return Err(format!("handle {h} is mapped at {at} but the table disagrees"));
+                }
             }
         }
         if held != self.held {
-            return Err(format!(
-                "held counter {} but handles hold {held} granules",
-                self.held
-            ));
+            return Err(format!("held counter {} but handles hold {held} granules", self.held));
+        }
+        let spare: u64 = self.spare.iter().map(|&(n, _)| n as u64).sum();
+        if spare != self.spare_granules {
+            return Err(format!("spare counter {} but spare handles hold {spare} granules", self.spare_granules));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bitmap_answers_range_queries_across_words() {
+        let mut p = Pool::new(2 << 20);
+        let s = p.add_space(0, 300);
+        let h = p.add_handle(PhysHandle(1), 100);
+        p.set_mapped(h, s, 60);
+        assert!(p.all_mapped(s, 60, 159));
+        assert!(p.all_mapped(s, 63, 64));
+        assert!(!p.all_mapped(s, 59, 60));
+        assert!(!p.all_mapped(s, 150, 160));
+        assert_eq!(p.unmapped_run(s, 0, 1000), 60);
+        assert_eq!(p.unmapped_run(s, 160, 1000), 140);
+        let mut seen = vec![];
+        p.handles_within(s, 0, 300, |h| seen.push(h));
+        assert_eq!(seen, vec![h]);
+        seen.clear();
+        p.handles_within(s, 61, 300, |h| seen.push(h));
+        assert!(seen.is_empty(), "not entirely within");
+        p.set_unmapped(h);
+        assert!(!p.all_mapped(s, 60, 60));
+        p.check_space(s).unwrap();
+        p.check().unwrap();
     }
 }
