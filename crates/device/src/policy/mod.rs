@@ -12,6 +12,7 @@ mod contract_tests;
 mod cuda_malloc;
 pub mod registry;
 pub mod spec;
+pub mod tf_bfc;
 pub mod torch;
 
 pub use registry::{PolicyInfo, REGISTRY, build, lookup};

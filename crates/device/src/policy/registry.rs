@@ -1,7 +1,7 @@
 //! The registry of policies. Adding a policy is one entry here plus its module.
 
 use super::spec::{PolicySpec, SpecError};
-use super::{Policy, bfc_classic, cuda_malloc, torch};
+use super::{Policy, bfc_classic, cuda_malloc, tf_bfc, torch};
 
 /// A policy the CLI, the pool and the C ABI can build by name.
 #[derive(Debug)]
@@ -21,6 +21,7 @@ pub static REGISTRY: &[PolicyInfo] = &[
     cuda_malloc::INFO,
     torch::NATIVE_INFO,
     torch::EXPANDABLE_INFO,
+    tf_bfc::INFO,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static PolicyInfo> {
