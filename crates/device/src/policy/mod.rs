@@ -7,6 +7,7 @@
 //! (see [`spec`]).
 
 mod bfc_classic;
+pub mod buddy;
 #[cfg(test)]
 mod contract_tests;
 mod cuda_malloc;

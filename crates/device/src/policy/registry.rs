@@ -1,7 +1,7 @@
 //! The registry of policies. Adding a policy is one entry here plus its module.
 
 use super::spec::{PolicySpec, SpecError};
-use super::{Policy, bfc_classic, cuda_malloc, tf_bfc, torch};
+use super::{Policy, bfc_classic, buddy, cuda_malloc, tf_bfc, torch};
 
 /// A policy the CLI, the pool and the C ABI can build by name.
 #[derive(Debug)]
@@ -22,6 +22,7 @@ pub static REGISTRY: &[PolicyInfo] = &[
     torch::NATIVE_INFO,
     torch::EXPANDABLE_INFO,
     tf_bfc::INFO,
+    buddy::INFO,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static PolicyInfo> {
