@@ -21,6 +21,8 @@ pub struct Measured {
     /// `"<peer> (measured on H100)"`.
     pub label: String,
     pub peak_reserved_bytes: u64,
+    /// Peak of live requested bytes of the trace (what a replay reaches without OOM).
+    pub peak_requested_bytes: u64,
     /// `cudaMalloc` calls of the live run, where recorded.
     pub segments: Option<u64>,
     /// Allocator cost per op of a measured replay, where one exists.
@@ -33,15 +35,16 @@ fn anchors() -> &'static Value {
 }
 
 /// The measured rows for a trace, if it is one of the bundled H100 traces: its name must match
-/// and so must its allocation count and peak requested bytes (a user's own trace of the same
+/// and so must its counts of allocations and trace entries (a user's own trace of the same
 /// name gets none).
-pub fn measured_for(trace: &str, allocs: u64, peak_requested: u64) -> Vec<Measured> {
+pub fn measured_for(trace: &str, allocs: u64, events: u64) -> Vec<Measured> {
     let t = &anchors()["traces"][trace];
-    let same_workload = t["allocs"].as_u64() == Some(allocs)
-        && t["peak_requested_bytes"].as_u64() == Some(peak_requested);
-    if !same_workload {
+    let same_workload =
+        t["allocs"].as_u64() == Some(allocs) && t["events"].as_u64() == Some(events);
+    let Some(peak_requested_bytes) = t["peak_requested_bytes"].as_u64().filter(|_| same_workload)
+    else {
         return vec![];
-    }
+    };
     let device = anchors()["device_short"].as_str().unwrap_or("H100");
     PEERS
         .iter()
@@ -51,6 +54,7 @@ pub fn measured_for(trace: &str, allocs: u64, peak_requested: u64) -> Vec<Measur
                 peer,
                 label: format!("{peer} (measured on {device})"),
                 peak_reserved_bytes: m["peak_reserved_bytes"].as_u64()?,
+                peak_requested_bytes,
                 segments: m["segments"].as_u64(),
                 ns_per_op: m["ns_per_op"].as_f64(),
             })
@@ -64,17 +68,17 @@ mod tests {
 
     #[test]
     fn bundled_traces_have_all_three_peers_and_others_none() {
-        for (trace, allocs, peak) in [
-            ("gpt2_train", 43_091, 20_530_102_300),
-            ("resnet50_train", 10_686, 9_298_465_232),
-            ("llama_generate", 544_807, 731_571_329),
+        for (trace, allocs, events) in [
+            ("gpt2_train", 43_091, 129_449),
+            ("resnet50_train", 10_686, 32_179),
+            ("llama_generate", 544_807, 1_634_472),
         ] {
-            let rows = measured_for(trace, allocs, peak);
+            let rows = measured_for(trace, allocs, events);
             let peers: Vec<&str> = rows.iter().map(|r| r.peer).collect();
             assert_eq!(peers, PEERS, "{trace}");
             assert!(rows.iter().all(|r| r.label.ends_with("(measured on H100)")));
             assert!(rows[2].ns_per_op.is_some(), "{trace}: cuda-async was timed");
-            assert!(measured_for(trace, allocs + 1, peak).is_empty());
+            assert!(measured_for(trace, allocs, events + 1).is_empty());
         }
         assert!(measured_for("my_run", 1, 1).is_empty());
     }

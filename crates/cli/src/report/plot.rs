@@ -35,7 +35,7 @@ pub fn write_trace_plot(dir: &Path, results: &[&ReplayResult]) -> anyhow::Result
 fn draw(out: &mut String, results: &[&ReplayResult]) -> Result<(), Box<dyn std::error::Error>> {
     let first = results[0];
     let x_max = first.ops.max(1) as f64;
-    let async_peak = measured_for(&first.trace, first.allocs, first.peak_requested_bytes)
+    let async_peak = measured_for(&first.trace, first.allocs, first.events)
         .into_iter()
         .find(|m| m.peer == "cuda-async");
     let y_max = results
@@ -105,7 +105,7 @@ fn draw(out: &mut String, results: &[&ReplayResult]) -> Result<(), Box<dyn std::
             .label(format!(
                 "{}: peak {level:.2} GiB ({:.3}x), curve not recorded",
                 m.label,
-                m.peak_reserved_bytes as f64 / first.peak_requested_bytes.max(1) as f64
+                m.peak_reserved_bytes as f64 / m.peak_requested_bytes.max(1) as f64
             ))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], gray.stroke_width(2))

@@ -7,14 +7,14 @@
 //! (see [`spec`]).
 
 mod bfc_classic;
-pub mod buddy;
+mod buddy;
 #[cfg(test)]
 mod contract_tests;
 mod cuda_malloc;
 pub mod registry;
 pub mod spec;
-pub mod tf_bfc;
-pub mod torch;
+mod tf_bfc;
+mod torch;
 
 pub use registry::{PolicyInfo, REGISTRY, build, lookup};
 pub use spec::{PolicySpec, SpecError};

@@ -23,7 +23,7 @@ pub enum PoolKind {
 }
 
 /// One piece of a segment (PyTorch's `Block`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Block {
     pub addr: u64,
     pub size: u64,

@@ -226,7 +226,7 @@ impl TorchCaching {
             Ok(range) => range,
             Err(e) => return Ok(Err(e)),
         };
-        let b = self.blocks.get(to_map).clone();
+        let b = *self.blocks.get(to_map);
         self.parts(b.pool).1.remove_any(&b);
         self.blocks.get_mut(to_map).mapped = true;
         if mapped < b.size {
@@ -234,7 +234,7 @@ impl TorchCaching {
                 addr: b.addr + mapped,
                 size: b.size - mapped,
                 prev: to_map,
-                ..b.clone()
+                ..b
             });
             if b.next != NIL {
                 self.blocks.get_mut(b.next).prev = rest;
@@ -261,7 +261,7 @@ impl TorchCaching {
         dev: &mut dyn Backend,
         id: BlockId,
     ) -> Result<(), PolicyError> {
-        let b = self.blocks.get(id).clone();
+        let b = *self.blocks.get(id);
         let (at, unmapped) = self.segment_mut(id).unmap(dev, b.addr, b.size)?;
         if unmapped == 0 {
             return Ok(());
@@ -272,7 +272,7 @@ impl TorchCaching {
             let piece = self.blocks.insert(Block {
                 size: before,
                 next: id,
-                ..b.clone()
+                ..b
             });
             if b.prev != NIL {
                 self.blocks.get_mut(b.prev).next = piece;
@@ -288,7 +288,7 @@ impl TorchCaching {
                 size: after,
                 prev: id,
                 next,
-                ..b.clone()
+                ..b
             });
             if next != NIL {
                 self.blocks.get_mut(next).prev = piece;
@@ -317,7 +317,7 @@ impl TorchCaching {
         dev: &mut dyn Backend,
         id: BlockId,
     ) -> Result<(), PolicyError> {
-        let b = self.blocks.get(id).clone();
+        let b = *self.blocks.get(id);
         let seg = self.expandable[b.expandable as usize]
             .take()
             .expect("live expandable segment");

@@ -55,7 +55,7 @@ impl TorchCaching {
         if !s.is_idle() || s.mapped != self.blocks.get(dst).mapped {
             return 0;
         }
-        let s = s.clone();
+        let s = *s;
         let (blocks, pool) = self.parts(s.pool);
         pool.remove_any(&s);
         let d = blocks.get_mut(dst);

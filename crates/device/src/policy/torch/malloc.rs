@@ -154,7 +154,7 @@ impl TorchCaching {
                 allocated: false,
                 pending_events: 0,
                 gc_count_base: 0,
-                ..r.clone()
+                ..*r
             };
             let prev = r.prev;
             id = self.blocks.insert(front);

@@ -115,10 +115,6 @@ impl TorchCaching {
         }
     }
 
-    pub fn config(&self) -> &TorchConfig {
-        &self.config
-    }
-
     fn pool(&self, kind: PoolKind) -> &BlockPool {
         match kind {
             PoolKind::Small => &self.small,

@@ -92,7 +92,7 @@ impl TorchCaching {
         dev: &mut dyn Backend,
         id: BlockId,
     ) -> Result<(), PolicyError> {
-        let b = self.blocks.get(id).clone();
+        let b = *self.blocks.get(id);
         debug_assert!(
             !b.is_split() && b.expandable == NIL,
             "only whole cudaMalloc segments are freed"
