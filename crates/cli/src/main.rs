@@ -6,6 +6,7 @@ use coalesce_cli::report::{json, plot, table};
 use coalesce_cli::units::parse_size;
 use coalesce_device::backend::sim::SimConfig;
 use coalesce_device::policy::{PolicySpec, REGISTRY, registry};
+use coalesce_trace::{synth, write_csv};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +31,24 @@ enum Command {
     Replay(ReplayArgs),
     /// List the allocation policies and their options.
     Policies,
+    /// Write a synthetic trace (see `coalesce synth --list`) as CSV.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Generator name, e.g. synth-kv-cache.
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// Seed of the generator; the same seed always gives the same trace.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output file (`.gz` for gzip); default: standard output.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// List the generators.
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(Args)]
@@ -58,6 +77,11 @@ struct ReplayArgs {
     #[arg(long, default_value = "80GiB", value_parser = parse_size)]
     capacity: u64,
 
+    /// Also replay a synthetic trace: NAME or NAME@SEED (see `coalesce synth --list`).
+    /// May be repeated. With only --synth, the bundled traces are not replayed.
+    #[arg(long, value_name = "NAME[@SEED]")]
+    synth: Vec<String>,
+
     /// Timed repeats per trace and policy; the median CPU cost per op is reported.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     repeats: u64,
@@ -76,6 +100,7 @@ fn main() -> ExitCode {
             print_policies();
             ExitCode::SUCCESS
         }
+        Command::Synth(args) => run_synth(args),
     }
 }
 
@@ -98,7 +123,9 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
-    let paths = if args.traces.is_empty() {
+    let paths = if args.traces.is_empty() && !args.synth.is_empty() {
+        vec![]
+    } else if args.traces.is_empty() {
         match replay::bundled_traces() {
             Ok(p) => p,
             Err(e) => return fail(EXIT_BAD_INPUT, e),
@@ -110,6 +137,12 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
     for path in &paths {
         match replay::load_trace(path) {
             Ok(ts) => traces.extend(ts),
+            Err(e) => return fail(EXIT_BAD_INPUT, e),
+        }
+    }
+    for name in &args.synth {
+        match replay::synth_trace(name) {
+            Ok(t) => traces.push(t),
             Err(e) => return fail(EXIT_BAD_INPUT, e),
         }
     }
@@ -146,6 +179,49 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn run_synth(args: SynthArgs) -> ExitCode {
+    if args.list {
+        for g in synth::GENERATORS {
+            println!("{:<20} {}", g.name, g.summary);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let name = args.name.expect("clap requires a name without --list");
+    let Some(g) = synth::lookup(&name) else {
+        return fail(
+            EXIT_BAD_INPUT,
+            format!("unknown generator {name:?} (see coalesce synth --list)"),
+        );
+    };
+    let events = (g.generate)(args.seed);
+    let written = match &args.out {
+        None => write_csv(&events, std::io::stdout().lock()),
+        Some(path) => std::fs::File::create(path).and_then(|f| {
+            let f = std::io::BufWriter::new(f);
+            if path.extension().is_some_and(|e| e == "gz") {
+                write_csv(
+                    &events,
+                    flate2::write::GzEncoder::new(f, flate2::Compression::default()),
+                )
+            } else {
+                write_csv(&events, f)
+            }
+        }),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(
+            1,
+            format!(
+                "writing {}: {e}",
+                args.out
+                    .as_deref()
+                    .map_or("stdout".into(), |p| p.display().to_string())
+            ),
+        ),
+    }
 }
 
 fn policy_specs(args: &[String]) -> Result<Vec<PolicySpec>, String> {

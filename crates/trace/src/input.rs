@@ -5,7 +5,7 @@ use crate::error::TraceError;
 use crate::event::RawEvent;
 use crate::snapshot::parse_snapshot;
 use flate2::read::MultiGzDecoder;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 /// What a trace file turned out to be.
@@ -74,16 +74,4 @@ fn peek(path: &Path, reader: &mut impl BufRead) -> Result<Vec<u8>, TraceError> {
         source,
     })?;
     Ok(buf[..buf.len().min(2)].to_vec())
-}
-
-/// Reads everything (used by formats that need the whole file).
-pub(crate) fn read_all(path: &Path, mut reader: impl Read) -> Result<Vec<u8>, TraceError> {
-    let mut bytes = Vec::new();
-    reader
-        .read_to_end(&mut bytes)
-        .map_err(|source| TraceError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(bytes)
 }

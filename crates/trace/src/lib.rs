@@ -6,7 +6,7 @@
 //! - **PyTorch snapshot pickles** written by `torch.cuda.memory._dump_snapshot(path)`, read
 //!   directly by a small pickle reader (no Python needed).
 //!
-//! Both produce [`RawEvent`]s, which [`resolve`] turns into a [`Trace`]: a flat list of
+//! Both produce [`RawEvent`]s, which [`resolve()`] turns into a [`Trace`]: a flat list of
 //! [`Op`]s where each allocation has a dense id and each free names that id. Replays then need
 //! no address map of their own, so timing a replay measures the allocator and nothing else.
 #![forbid(unsafe_code)]
@@ -15,11 +15,15 @@ mod csv;
 mod error;
 mod event;
 mod input;
+mod pickle;
 mod resolve;
 mod snapshot;
+pub mod synth;
+mod write;
 
 pub use csv::parse_csv;
 pub use error::{TraceError, Warning, WarningKind};
 pub use event::{Action, RawEvent};
 pub use input::{DeviceEvents, TraceFormat, read_trace, read_trace_bytes};
 pub use resolve::{Op, Trace, TraceStats, resolve};
+pub use write::write_csv;

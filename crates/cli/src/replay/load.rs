@@ -1,6 +1,6 @@
 //! Finding and loading traces.
 
-use coalesce_trace::{Trace, TraceError, read_trace, resolve};
+use coalesce_trace::{Trace, TraceError, read_trace, resolve, synth};
 use std::path::{Path, PathBuf};
 
 /// The traces bundled with coalesce (`traces/` at the repository root), sorted by name.
@@ -51,6 +51,31 @@ pub fn trace_name(path: &Path) -> String {
         }
     }
     name
+}
+
+/// A synthetic trace by generator name, optionally `@SEED` (default seed 1).
+pub fn synth_trace(spec: &str) -> Result<Trace, String> {
+    let (name, seed) = match spec.split_once('@') {
+        Some((n, s)) => (
+            n,
+            s.parse::<u64>()
+                .map_err(|_| format!("{spec:?}: the seed after @ must be a number"))?,
+        ),
+        None => (spec, 1),
+    };
+    let g = synth::lookup(name).ok_or_else(|| {
+        let known: Vec<&str> = synth::GENERATORS.iter().map(|g| g.name).collect();
+        format!(
+            "unknown synthetic trace {name:?}; known: {}",
+            known.join(", ")
+        )
+    })?;
+    let label = if seed == 1 {
+        name.to_owned()
+    } else {
+        format!("{name}@{seed}")
+    };
+    Ok(resolve(label, &(g.generate)(seed)))
 }
 
 /// Reads and resolves a trace file; a snapshot with several devices gives one trace each.

@@ -80,6 +80,16 @@ impl FreeBins {
         self.bins[b].first_key_value().map(|(&k, &c)| (k, c))
     }
 
+    /// Free chunks of at least `size` bytes in best-fit order: `(size, addr)` ascending.
+    pub fn fits(&self, size: u64) -> impl Iterator<Item = (FreeKey, u32)> + '_ {
+        let first = self.bin_for(size);
+        let in_first = self.bins[first].range((size, 0)..).map(|(&k, &c)| (k, c));
+        let later = (first + 1..NUM_BINS)
+            .filter(|&b| self.bin_is_marked(b))
+            .flat_map(move |b| self.bins[b].iter().map(|(&k, &c)| (k, c)));
+        in_first.chain(later)
+    }
+
     /// The largest free chunk (highest address among equals).
     pub fn largest(&self) -> Option<(FreeKey, u32)> {
         let b = self.last_nonempty()?;

@@ -222,6 +222,12 @@ impl Bfc {
         self.bins.best_fit(rounded).map(|(_, c)| ChunkId(c))
     }
 
+    /// Free chunks that can hold `rounded` bytes, best fit first (the order [`Bfc::best_fit`]
+    /// would choose them in). Lazy: take only as many as needed.
+    pub fn fits(&self, rounded: u64) -> impl Iterator<Item = ChunkId> + '_ {
+        self.bins.fits(rounded).map(|(_, c)| ChunkId(c))
+    }
+
     /// Marks free chunk `id` in use for a request of `requested` bytes. With `split`, only the
     /// rounded request is taken and the remainder stays free.
     ///

@@ -72,6 +72,30 @@ fn best_fit_prefers_smallest_then_lowest_address() {
 }
 
 #[test]
+fn fits_lists_candidates_in_best_fit_order() {
+    let mut b = bfc();
+    b.add_region(0, 64 * MIB).unwrap();
+    let mut holes = vec![];
+    for size in [3 * MIB, MIB, 2 * MIB, MIB] {
+        holes.push(b.alloc(size).unwrap());
+        b.alloc(512).unwrap();
+    }
+    for h in &holes {
+        b.free(h.addr).unwrap();
+    }
+    let order: Vec<u64> = b.fits(MIB).map(|c| b.chunk(c).addr).collect();
+    let tail = b.fits(MIB).last().map(|c| b.chunk(c).size).unwrap();
+    assert_eq!(
+        order[..4],
+        [holes[1].addr, holes[3].addr, holes[2].addr, holes[0].addr]
+    );
+    assert_eq!(order.len(), 5, "the four holes, then the free tail");
+    assert!(tail > 50 * MIB);
+    assert_eq!(b.fits(MIB).next(), b.best_fit(MIB));
+    assert_eq!(b.fits(100 * MIB).count(), 0);
+}
+
+#[test]
 fn free_coalesces_with_both_neighbours() {
     let mut b = bfc();
     let r = b.add_region(1 << 30, 3 * MIB).unwrap();

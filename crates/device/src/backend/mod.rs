@@ -17,6 +17,9 @@
 //! - mapped memory is not accessible until `set_access` covers it;
 //! - `address_free` needs the whole reservation to be unmapped.
 
+// The CUDA driver is FFI: `unsafe` is allowed here and nowhere else in the crate.
+#[allow(unsafe_code)]
+pub mod cuda;
 mod meter;
 pub mod sim;
 

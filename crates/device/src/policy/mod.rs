@@ -8,6 +8,7 @@
 
 mod bfc_classic;
 mod buddy;
+mod coalesce;
 #[cfg(test)]
 mod contract_tests;
 mod cuda_malloc;

@@ -1,7 +1,7 @@
 //! The registry of policies. Adding a policy is one entry here plus its module.
 
 use super::spec::{PolicySpec, SpecError};
-use super::{Policy, bfc_classic, buddy, cuda_malloc, tf_bfc, torch};
+use super::{Policy, bfc_classic, buddy, coalesce, cuda_malloc, tf_bfc, torch};
 
 /// A policy the CLI, the pool and the C ABI can build by name.
 #[derive(Debug)]
@@ -17,6 +17,7 @@ pub struct PolicyInfo {
 
 /// Every policy, in the order reports list them.
 pub static REGISTRY: &[PolicyInfo] = &[
+    coalesce::INFO,
     bfc_classic::INFO,
     cuda_malloc::INFO,
     torch::NATIVE_INFO,

@@ -99,6 +99,17 @@ impl SimDevice {
         self.clock.is_ordered_after(stream, event).unwrap_or(false)
     }
 
+    /// Declares that `stream` uses `[addr, addr + size)` in work enqueued up to now (a test or
+    /// replay calls this when a block is freed: its kernels may still run). Unmapping the range
+    /// before the stream has passed this point is then an error, as it would fault on a GPU.
+    /// With no stream lag, work is done at once and nothing needs recording.
+    pub fn use_until_now(&mut self, addr: DevAddr, size: u64, stream: StreamId) {
+        let done_at = self.clock.done_at(stream);
+        if done_at > self.clock.now() {
+            self.vmm.note_use(addr, size, stream, done_at);
+        }
+    }
+
     /// Physical bytes currently mapped into reservations.
     pub fn mapped_bytes(&self) -> u64 {
         self.vmm.mapped_bytes()
@@ -221,7 +232,7 @@ impl Backend for SimDevice {
         self.meter.count(DriverCall::MemUnmap);
         let freed = self
             .vmm
-            .unmap(addr, size)
+            .unmap_at(addr, size, self.clock.now())
             .map_err(|r| invalid(DriverCall::MemUnmap, r))?;
         self.meter.unreserve(freed);
         Ok(())

@@ -41,7 +41,7 @@ impl StreamClock {
     }
 
     /// Completion time of work enqueued on `stream` now.
-    fn done_at(&self, stream: StreamId) -> u64 {
+    pub fn done_at(&self, stream: StreamId) -> u64 {
         let ready = self.ready_at.get(&stream).copied().unwrap_or(0);
         let last = self.last_done.get(&stream).copied().unwrap_or(0);
         (self.now + self.lag).max(ready).max(last)

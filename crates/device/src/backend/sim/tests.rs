@@ -162,3 +162,22 @@ fn zero_lag_events_complete_at_once() {
     d.event_release(e);
     assert!(d.event_query(e).is_err(), "released events are unknown");
 }
+
+#[test]
+fn unmapping_memory_a_stream_may_still_use_is_an_error() {
+    let mut d = SimDevice::new(SimConfig {
+        stream_lag: 2,
+        ..SimConfig::default()
+    });
+    let va = d.address_reserve(4 * G).unwrap();
+    let h = d.mem_create(2 * G).unwrap();
+    d.mem_map(va, h).unwrap();
+    d.set_access(va, 2 * G).unwrap();
+    d.use_until_now(va + 4096, 512, StreamId(3)); // a kernel on stream 3, done at tick 2
+    let err = d.mem_unmap(va, 2 * G).unwrap_err().to_string();
+    assert!(err.contains("while stream 3 may still use"), "{err}");
+    d.tick();
+    assert!(d.mem_unmap(va, 2 * G).is_err(), "still running at tick 1");
+    d.tick();
+    d.mem_unmap(va, 2 * G).unwrap();
+}

@@ -22,6 +22,9 @@ struct Mapping {
     accessible: bool,
 }
 
+/// A range a stream may still be using: `(end, stream, done_at)` keyed by start.
+type PendingUses = BTreeMap<u64, Vec<(u64, crate::backend::StreamId, u64)>>;
+
 #[derive(Debug)]
 pub(super) struct VirtualMemory {
     granularity: u64,
@@ -33,6 +36,8 @@ pub(super) struct VirtualMemory {
     /// start -> mapping
     mappings: BTreeMap<u64, Mapping>,
     mapped_bytes: u64,
+    /// Ranges streams may still be using (from [`SimDevice::use_until`]), for hazard checks.
+    pending: PendingUses,
 }
 
 type Res<T> = Result<T, String>;
@@ -47,6 +52,7 @@ impl VirtualMemory {
             next_handle: 1,
             mappings: BTreeMap::new(),
             mapped_bytes: 0,
+            pending: BTreeMap::new(),
         }
     }
 
@@ -161,8 +167,52 @@ impl VirtualMemory {
         Ok(())
     }
 
+    /// Records that `stream` may use `[addr, addr + size)` until time `done_at`.
+    pub fn note_use(
+        &mut self,
+        addr: u64,
+        size: u64,
+        stream: crate::backend::StreamId,
+        done_at: u64,
+    ) {
+        self.pending
+            .entry(addr)
+            .or_default()
+            .push((addr + size, stream, done_at));
+    }
+
+    /// The first use of `[addr, addr + size)` not finished at time `now`, if any.
+    fn pending_use(
+        &mut self,
+        addr: u64,
+        size: u64,
+        now: u64,
+    ) -> Option<(u64, crate::backend::StreamId)> {
+        self.pending.retain(|_, uses| {
+            uses.retain(|u| u.2 > now);
+            !uses.is_empty()
+        });
+        self.pending
+            .range(..addr + size)
+            .flat_map(|(&start, uses)| uses.iter().map(move |u| (start, u)))
+            .find(|(_, u)| u.0 > addr)
+            .map(|(start, u)| (start, u.1))
+    }
+
     /// Returns the bytes freed now (non-zero when the handle was already released).
-    pub fn unmap(&mut self, addr: u64, size: u64) -> Res<u64> {
+    /// Fails if a stream may still be using the range at time `now`.
+    pub fn unmap_at(&mut self, addr: u64, size: u64, now: u64) -> Res<u64> {
+        if let Some((start, stream)) = self.pending_use(addr, size, now) {
+            return Err(format!(
+                "[{addr:#x}, +{size}) is unmapped while stream {} may still use the block at {start:#x}",
+                stream.0
+            ));
+        }
+        self.unmap(addr, size)
+    }
+
+    /// Returns the bytes freed now (non-zero when the handle was already released).
+    fn unmap(&mut self, addr: u64, size: u64) -> Res<u64> {
         match self.mappings.get(&addr) {
             Some(m) if m.size == size => {}
             Some(m) => {

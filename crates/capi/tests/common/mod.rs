@@ -1,0 +1,42 @@
+//! Finding the built `libcoalesce.so` and a scratch directory, for the tests that load it from
+//! other languages.
+// Each test binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Output;
+
+/// The directory holding this build's `libcoalesce.so`. Cargo builds this package's cdylib
+/// with its tests into `<target>/<profile>/deps`, beside the test binary (it only copies it up
+/// to `<target>/<profile>` for `cargo build`).
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("test binary directory").to_owned();
+    assert!(
+        deps.join("libcoalesce.so").is_file(),
+        "libcoalesce.so not found beside the test binary in {}",
+        deps.display()
+    );
+    deps
+}
+
+/// A fresh directory for one test's files.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("coalesce-capi-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
