@@ -370,7 +370,10 @@ fn reuse_is_stream_ordered() {
             }
             p.check_invariants().unwrap();
         }
-        assert!(cross_stream_reuses > 0, "{spec}: the trace never tested the rule");
+        assert!(
+            cross_stream_reuses > 0,
+            "{spec}: the trace never tested the rule"
+        );
         eprintln!("{spec}: {cross_stream_reuses} reuses of memory freed on another stream");
     }
 }
