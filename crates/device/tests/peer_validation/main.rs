@@ -128,6 +128,12 @@ fn torch_native_reproduces_pytorchs_segments_and_peak() {
             "{name}: only {} of {real_segments} real segments reproduced",
             m.segments_matched
         );
+        assert!(
+            m.blocks_at_real_addr as f64 >= 0.95 * run.block_addrs.len() as f64,
+            "{name}: only {} of {} blocks placed where PyTorch placed them",
+            m.blocks_at_real_addr,
+            run.block_addrs.len()
+        );
     }
 }
 
