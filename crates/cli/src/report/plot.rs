@@ -1,5 +1,8 @@
-//! One SVG per trace: requested bytes and each policy's reserved bytes over the replay.
+//! One SVG per trace: requested bytes and each policy's reserved bytes over the replay, and for
+//! the bundled traces the peak `cuda-async` reached on a real H100 (a measured figure, drawn as
+//! a dotted level: only its peak is known).
 
+use super::anchors::measured_for;
 use crate::replay::ReplayResult;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -32,9 +35,13 @@ pub fn write_trace_plot(dir: &Path, results: &[&ReplayResult]) -> anyhow::Result
 fn draw(out: &mut String, results: &[&ReplayResult]) -> Result<(), Box<dyn std::error::Error>> {
     let first = results[0];
     let x_max = first.ops.max(1) as f64;
+    let async_peak = measured_for(&first.trace, first.allocs, first.events)
+        .into_iter()
+        .find(|m| m.peer == "cuda-async");
     let y_max = results
         .iter()
         .flat_map(|r| r.series.points().iter().map(|p| p.1.max(p.2)))
+        .chain(async_peak.iter().map(|m| m.peak_reserved_bytes))
         .max()
         .unwrap_or(1) as f64
         / GIB
@@ -60,21 +67,48 @@ fn draw(out: &mut String, results: &[&ReplayResult]) -> Result<(), Box<dyn std::
         .draw()?;
     for (i, r) in results.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        // Earlier curves are drawn wider, so one that a later curve overlays still shows as
+        // its border.
+        let width = 2 + ((results.len() - 1 - i) / 2).min(2) as u32;
         let reserved = r
             .series
             .points()
             .iter()
             .map(|&(x, _, res)| (x as f64, res as f64 / GIB));
+        // A curve drawn over an identical earlier one hides it: say so in the legend.
+        let hides = results[..i]
+            .iter()
+            .find(|o| reserved_curve(o) == reserved_curve(r))
+            .map_or(String::new(), |o| format!(", same curve as {}", o.policy));
         chart
-            .draw_series(LineSeries::new(reserved, color.stroke_width(2)))?
+            .draw_series(LineSeries::new(reserved, color.stroke_width(width)))?
             .label(format!(
-                "{} reserved, peak {:.2} GiB ({:.3}x)",
+                "{} reserved, peak {:.2} GiB ({:.3}x){hides}",
                 r.policy,
                 r.peak_reserved_bytes as f64 / GIB,
                 r.reserved_ratio()
             ))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    if let Some(m) = async_peak {
+        let level = m.peak_reserved_bytes as f64 / GIB;
+        let gray = RGBColor(0x70, 0x70, 0x70);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, level), (x_max, level)],
+                2,
+                5,
+                gray.stroke_width(2),
+            ))?
+            .label(format!(
+                "{}: peak {level:.2} GiB ({:.3}x), curve not recorded",
+                m.label,
+                m.peak_reserved_bytes as f64 / m.peak_requested_bytes.max(1) as f64
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], gray.stroke_width(2))
             });
     }
     // Requested last, dashed, so it stays visible where a policy reserves exactly that much.
@@ -104,6 +138,15 @@ fn draw(out: &mut String, results: &[&ReplayResult]) -> Result<(), Box<dyn std::
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// The reserved bytes of a result's plotted series.
+fn reserved_curve(r: &ReplayResult) -> Vec<(usize, u64)> {
+    r.series
+        .points()
+        .iter()
+        .map(|&(x, _, res)| (x, res))
+        .collect()
 }
 
 /// A file name from a trace name.

@@ -7,12 +7,15 @@
 //! (see [`spec`]).
 
 mod bfc_classic;
+mod buddy;
 mod coalesce;
 #[cfg(test)]
 mod contract_tests;
 mod cuda_malloc;
 pub mod registry;
 pub mod spec;
+mod tf_bfc;
+mod torch;
 
 pub use registry::{PolicyInfo, REGISTRY, build, lookup};
 pub use spec::{PolicySpec, SpecError};

@@ -1,7 +1,7 @@
 //! The registry of policies. Adding a policy is one entry here plus its module.
 
 use super::spec::{PolicySpec, SpecError};
-use super::{Policy, bfc_classic, coalesce, cuda_malloc};
+use super::{Policy, bfc_classic, buddy, coalesce, cuda_malloc, tf_bfc, torch};
 
 /// A policy the CLI, the pool and the C ABI can build by name.
 #[derive(Debug)]
@@ -16,7 +16,15 @@ pub struct PolicyInfo {
 }
 
 /// Every policy, in the order reports list them.
-pub static REGISTRY: &[PolicyInfo] = &[coalesce::INFO, bfc_classic::INFO, cuda_malloc::INFO];
+pub static REGISTRY: &[PolicyInfo] = &[
+    coalesce::INFO,
+    bfc_classic::INFO,
+    cuda_malloc::INFO,
+    torch::NATIVE_INFO,
+    torch::EXPANDABLE_INFO,
+    tf_bfc::INFO,
+    buddy::INFO,
+];
 
 pub fn lookup(name: &str) -> Option<&'static PolicyInfo> {
     REGISTRY.iter().find(|p| p.name == name)
