@@ -133,14 +133,18 @@ fn pass<const MEASURE: bool>(
     let mut policy = new_policy(spec);
     // Timed passes skip the simulator's rule checks: its bookkeeping is not the allocator's
     // cost (on a GPU it is driver time, estimated separately). The measured pass checks.
-    let mut dev = SimDevice::new(SimConfig { validate: MEASURE, ..config.sim });
+    let mut dev = SimDevice::new(SimConfig {
+        validate: MEASURE,
+        ..config.sim
+    });
     let streams = streams(trace);
     let sizes = trace.alloc_sizes();
     let mut addrs = vec![FAILED; sizes.len()];
     let series_len = if MEASURE { trace.ops.len() } else { 0 };
     let mut series = Series::new(series_len, config.series_points);
     let hazards = MEASURE && config.sim.stream_lag > 0;
-    let (mut requested, mut peak_requested, mut peak_allocated, mut ooms, mut retries) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut requested, mut peak_requested, mut peak_allocated, mut ooms, mut retries) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let start = Instant::now();
     for (i, op) in trace.ops.iter().enumerate() {
         dev.tick();
@@ -174,7 +178,9 @@ fn pass<const MEASURE: bool>(
                     if hazards {
                         dev.use_until_now(addr, sizes[id as usize], stream);
                     }
-                    policy.free(&mut dev, addr, stream).map_err(|e| error(trace, spec, i, e))?;
+                    policy
+                        .free(&mut dev, addr, stream)
+                        .map_err(|e| error(trace, spec, i, e))?;
                 }
             }
         }
@@ -190,8 +196,20 @@ fn pass<const MEASURE: bool>(
     let elapsed_ns = start.elapsed().as_nanos() as f64;
     // Dropping the policy is outside the timed region.
     drop(policy);
-    progress(if MEASURE { trace.ops.len() as u64 % 65_536 } else { trace.ops.len() as u64 });
-    Ok(Pass { elapsed_ns, peak_requested, peak_allocated, ooms, retries, series, dev })
+    progress(if MEASURE {
+        trace.ops.len() as u64 % 65_536
+    } else {
+        trace.ops.len() as u64
+    });
+    Ok(Pass {
+        elapsed_ns,
+        peak_requested,
+        peak_allocated,
+        ooms,
+        retries,
+        series,
+        dev,
+    })
 }
 
 fn measured_pass(

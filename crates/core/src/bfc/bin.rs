@@ -101,6 +101,33 @@ impl Bin {
         }
     }
 
+    /// The first entry not below `key` (in order, at most `limit` looked at) that `pred`
+    /// accepts; also returns how many were looked at.
+    #[inline]
+    pub fn find_from(
+        &self,
+        key: FreeKey,
+        limit: usize,
+        mut pred: impl FnMut(FreeKey) -> bool,
+    ) -> (Option<(FreeKey, u32)>, usize) {
+        let mut seen = 0;
+        let mut visit = |(k, c): (FreeKey, u32)| {
+            seen += 1;
+            pred(k).then_some((k, c))
+        };
+        let hit = match self {
+            Bin::Vec(v) => v[v.partition_point(|e| e.0 < key)..]
+                .iter()
+                .take(limit)
+                .find_map(|&e| visit(e)),
+            Bin::Tree(t) => t
+                .range(key..)
+                .take(limit)
+                .find_map(|(&k, &c)| visit((k, c))),
+        };
+        (hit, seen)
+    }
+
     /// Entries not below `key`, in order.
     pub fn iter_from(&self, key: FreeKey) -> Box<dyn Iterator<Item = (FreeKey, u32)> + '_> {
         match self {

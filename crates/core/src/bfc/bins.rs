@@ -82,8 +82,37 @@ impl FreeBins {
     pub fn fits(&self, size: u64) -> impl Iterator<Item = (FreeKey, u32)> + '_ {
         let first = self.bin_for(size);
         let in_first = self.bins[first].iter_from((size, 0));
-        let later = (first + 1..NUM_BINS).filter(|&b| self.bin_is_marked(b)).flat_map(move |b| self.bins[b].iter_from((0, 0)));
+        let later = (first + 1..NUM_BINS)
+            .filter(|&b| self.bin_is_marked(b))
+            .flat_map(move |b| self.bins[b].iter_from((0, 0)));
         in_first.chain(later)
+    }
+
+    /// The first free chunk of at least `size` bytes, in best-fit order and among the first
+    /// `limit` such chunks, whose `(size, addr)` `pred` accepts. No allocation, no boxing:
+    /// callers use it on the allocation path.
+    pub fn find_fit(
+        &self,
+        size: u64,
+        limit: usize,
+        mut pred: impl FnMut(FreeKey) -> bool,
+    ) -> Option<(FreeKey, u32)> {
+        let first = self.bin_for(size);
+        let (hit, mut seen) = self.bins[first].find_from((size, 0), limit, &mut pred);
+        if hit.is_some() {
+            return hit;
+        }
+        let mut b = first + 1;
+        while seen < limit {
+            b = self.next_nonempty(b)?;
+            let (hit, n) = self.bins[b].find_from((0, 0), limit - seen, &mut pred);
+            if hit.is_some() {
+                return hit;
+            }
+            seen += n;
+            b += 1;
+        }
+        None
     }
 
     /// The largest free chunk (highest address among equals).

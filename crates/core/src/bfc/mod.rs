@@ -231,9 +231,26 @@ impl Bfc {
         self.bins.fits(rounded).map(|(_, c)| ChunkId(c))
     }
 
+    /// The first of the `limit` best-fitting free chunks for `rounded` bytes (in best-fit
+    /// order) whose start address `pred` accepts. For policies that prefer some placements
+    /// (already backed memory, say) without giving up best fit among them.
+    #[inline]
+    pub fn best_fit_where(
+        &self,
+        rounded: u64,
+        limit: usize,
+        mut pred: impl FnMut(u64) -> bool,
+    ) -> Option<ChunkId> {
+        self.bins
+            .find_fit(rounded, limit, |(_, addr)| pred(addr))
+            .map(|(_, c)| ChunkId(c))
+    }
+
     /// Free chunks of at least `min` bytes, in best-fit order (smallest first).
     pub fn free_chunks(&self, min: u64) -> impl Iterator<Item = ChunkInfo> + '_ {
-        self.bins.fits(min.max(self.config.alignment)).map(|(_, c)| self.info(c))
+        self.bins
+            .fits(min.max(self.config.alignment))
+            .map(|(_, c)| self.info(c))
     }
 
     /// Marks free chunk `id` in use for a request of `requested` bytes. With `split`, only the

@@ -92,6 +92,20 @@ fn fits_lists_candidates_in_best_fit_order() {
     assert_eq!(order.len(), 5, "the four holes, then the free tail");
     assert!(tail > 50 * MIB);
     assert_eq!(b.fits(MIB).next(), b.best_fit(MIB));
+    let second = b
+        .best_fit_where(MIB, 10, |addr| addr != holes[1].addr)
+        .map(|c| b.chunk(c).addr);
+    assert_eq!(second, Some(holes[3].addr), "best fit among the accepted");
+    assert_eq!(
+        b.best_fit_where(MIB, 2, |addr| addr == holes[0].addr),
+        None,
+        "beyond the limit"
+    );
+    assert_eq!(
+        b.best_fit_where(MIB, 4, |addr| addr == holes[0].addr)
+            .map(|c| b.chunk(c).addr),
+        Some(holes[0].addr)
+    );
     assert_eq!(b.fits(100 * MIB).count(), 0);
 }
 
@@ -121,7 +135,11 @@ fn stamps_survive_splits_and_merge_to_the_maximum() {
     let z = b.alloc(MIB).unwrap();
     b.free_stamped(x.addr, 7).unwrap();
     b.free_stamped(z.addr, 3).unwrap();
-    let stamps = |b: &Bfc| b.free_chunks(1).map(|c| (c.addr, c.stamp)).collect::<Vec<_>>();
+    let stamps = |b: &Bfc| {
+        b.free_chunks(1)
+            .map(|c| (c.addr, c.stamp))
+            .collect::<Vec<_>>()
+    };
     // z merged with the untouched tail (stamp 0): max is 3.
     assert_eq!(stamps(&b), vec![(0, 7), (2 * MIB, 3)]);
     let f = b.free_stamped(y.addr, 5).unwrap();
@@ -129,7 +147,11 @@ fn stamps_survive_splits_and_merge_to_the_maximum() {
     assert_eq!(stamps(&b), vec![(0, 7)], "merged: the largest stamp");
     let a = b.alloc(MIB).unwrap();
     assert_eq!(b.allocated(a.addr).unwrap().stamp, 0);
-    assert_eq!(stamps(&b), vec![(MIB, 7)], "the remainder of a split keeps the stamp");
+    assert_eq!(
+        stamps(&b),
+        vec![(MIB, 7)],
+        "the remainder of a split keeps the stamp"
+    );
     checked(&b);
 }
 

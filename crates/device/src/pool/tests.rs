@@ -156,7 +156,8 @@ fn a_block_freed_on_one_stream_waits_before_another_stream_reuses_it() {
     let warm = p.alloc(MIB, s2).unwrap(); // a second stream is in use
     let x = p.alloc(MIB, s1).unwrap();
     // Kernels on s1 used x before the free and may still be running.
-    p.with_backend(|d| d.use_until_now(x.addr, MIB, s1)).unwrap();
+    p.with_backend(|d| d.use_until_now(x.addr, MIB, s1))
+        .unwrap();
     p.free(x.addr, s1).unwrap();
     assert_eq!(
         p.stats().unwrap().pending_frees,
@@ -200,7 +201,8 @@ fn empty_cache_completes_held_frees_and_returns_everything() {
         .map(|i| p.alloc((i + 1) * MIB, StreamId(i % 2)).unwrap())
         .collect();
     for (i, b) in blocks.iter().enumerate() {
-        p.with_backend(|d| d.use_until_now(b.addr, b.size, StreamId(i as u64 % 2))).unwrap();
+        p.with_backend(|d| d.use_until_now(b.addr, b.size, StreamId(i as u64 % 2)))
+            .unwrap();
         p.free(b.addr, StreamId(i as u64 % 2)).unwrap();
     }
     assert!(p.stats().unwrap().pending_frees > 0);

@@ -22,7 +22,13 @@ pub(super) struct StreamClock {
 
 impl StreamClock {
     pub fn new(lag: u64) -> Self {
-        StreamClock { now: 0, lag, ready_at: FxHashMap::default(), events: FxHashMap::default(), next_event: 1 }
+        StreamClock {
+            now: 0,
+            lag,
+            ready_at: FxHashMap::default(),
+            events: FxHashMap::default(),
+            next_event: 1,
+        }
     }
 
     pub fn tick(&mut self) {
@@ -53,7 +59,10 @@ impl StreamClock {
     }
 
     fn event(&self, e: EventId) -> Result<u64, String> {
-        self.events.get(&e.0).copied().ok_or_else(|| format!("unknown event {}", e.0))
+        self.events
+            .get(&e.0)
+            .copied()
+            .ok_or_else(|| format!("unknown event {}", e.0))
     }
 
     pub fn query(&self, e: EventId) -> Result<bool, String> {

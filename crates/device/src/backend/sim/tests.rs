@@ -118,10 +118,16 @@ fn vmm_misuse_is_reported() {
 
 #[test]
 fn events_complete_when_the_work_before_them_has() {
-    let mut d = SimDevice::new(SimConfig { stream_lag: 3, ..SimConfig::default() });
+    let mut d = SimDevice::new(SimConfig {
+        stream_lag: 3,
+        ..SimConfig::default()
+    });
     let (s1, s2) = (StreamId(1), StreamId(2));
     let idle = d.event_record(s1).unwrap();
-    assert!(d.event_query(idle).unwrap(), "nothing pending: complete at once");
+    assert!(
+        d.event_query(idle).unwrap(),
+        "nothing pending: complete at once"
+    );
     d.work(s1); // done at 3
     let e = d.event_record(s1).unwrap();
     assert!(!d.event_query(e).unwrap());
@@ -145,9 +151,15 @@ fn events_complete_when_the_work_before_them_has() {
     let e3 = d.event_record(s1).unwrap();
     assert!(!d.is_ordered_after(s2, e3), "s2 has not waited for e3");
     d.stream_wait_event(s2, e3).unwrap();
-    assert!(d.is_ordered_after(s2, e3), "after waiting, s2's new work is ordered after e3");
+    assert!(
+        d.is_ordered_after(s2, e3),
+        "after waiting, s2's new work is ordered after e3"
+    );
     d.stream_synchronize(s2).unwrap();
-    assert!(d.event_query(e2).unwrap(), "synchronize waits for the stream's work");
+    assert!(
+        d.event_query(e2).unwrap(),
+        "synchronize waits for the stream's work"
+    );
     assert_eq!(d.meter().calls.get(DriverCall::Synchronize), 1);
 }
 

@@ -154,7 +154,9 @@ impl VirtualMemory {
                 return Err(format!("address {addr:#x} is not granule-aligned"));
             }
             if !self.inside_reservation(addr, size) {
-                return Err(format!("[{addr:#x}, +{size}) is not inside one reservation"));
+                return Err(format!(
+                    "[{addr:#x}, +{size}) is not inside one reservation"
+                ));
             }
             if self.overlapping_mapping(addr, size).is_some() {
                 return Err(format!("[{addr:#x}, +{size}) overlaps an existing mapping"));
@@ -212,7 +214,8 @@ impl VirtualMemory {
     /// Fails if a stream may still be using the range at time `now`.
     pub fn unmap_at(&mut self, addr: u64, size: u64, now: u64) -> Res<u64> {
         if self.validate
-            && let Some((start, stream)) = self.pending_use(addr, size, now) {
+            && let Some((start, stream)) = self.pending_use(addr, size, now)
+        {
             return Err(format!(
                 "[{addr:#x}, +{size}) is unmapped while stream {} may still use the block at {start:#x}",
                 stream.0

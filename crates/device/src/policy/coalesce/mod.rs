@@ -161,12 +161,28 @@ pub struct Coalesce {
 
 impl Coalesce {
     pub fn new(config: Config) -> Self {
-        Coalesce { config, pool: None, fences: Fences::default(), spaces: Vec::new(), tick: 0, live_bytes: 0 }
+        Coalesce {
+            config,
+            pool: None,
+            fences: Fences::default(),
+            spaces: Vec::new(),
+            tick: 0,
+            live_bytes: 0,
+        }
     }
 
     /// Index of the space for `stream` and size class `small`, reserving it on first use.
-    fn space_for(&mut self, dev: &mut dyn Backend, stream: StreamId, small: bool) -> Result<usize, PolicyError> {
-        if let Some(i) = self.spaces.iter().position(|s| s.stream == stream && s.small == small) {
+    fn space_for(
+        &mut self,
+        dev: &mut dyn Backend,
+        stream: StreamId,
+        small: bool,
+    ) -> Result<usize, PolicyError> {
+        if let Some(i) = self
+            .spaces
+            .iter()
+            .position(|s| s.stream == stream && s.small == small)
+        {
             return Ok(i);
         }
         let granule = dev.granularity();
@@ -175,20 +191,36 @@ impl Coalesce {
             cap_div: self.config.cap_div,
             burst_div: self.config.burst_div,
             // Small objects pack into single granules: they must never pin large handles.
-            max_granules: if small { 1 } else { (self.config.max_handle / granule).max(1) as u32 },
+            max_granules: if small {
+                1
+            } else {
+                (self.config.max_handle / granule).max(1) as u32
+            },
             waste_permille: self.config.waste_permille,
             lean_mode: self.config.lean_mode,
         };
         let pool = self.pool.get_or_insert_with(|| Pool::new(granule));
-        let size = dev.total_memory().saturating_mul(self.config.va_factor as u64);
-        self.spaces.push(Space::reserve(dev, pool, stream, small, size, growth, self.config.load_only_burst)?);
+        let size = dev
+            .total_memory()
+            .saturating_mul(self.config.va_factor as u64);
+        self.spaces.push(Space::reserve(
+            dev,
+            pool,
+            stream,
+            small,
+            size,
+            growth,
+            self.config.load_only_burst,
+        )?);
         Ok(self.spaces.len() - 1)
     }
 
     /// Idle handles of every space, except those overlapping granules `skip.1..=skip.2` of
     /// space `skip.0`.
     fn idle_handles(&self, skip: Option<(usize, u32, u32)>) -> Vec<Idle> {
-        let Some(pool) = self.pool.as_ref() else { return Vec::new() };
+        let Some(pool) = self.pool.as_ref() else {
+            return Vec::new();
+        };
         // An idle handle is a whole granule or more of mapped memory without live data: with
         // less mapped memory than that beyond what is live, there is none (growth phases).
         if pool.mapped_bytes() < self.live_bytes + pool.granule() {
@@ -208,13 +240,20 @@ impl Policy for Coalesce {
         INFO.name
     }
 
-    fn alloc(&mut self, dev: &mut dyn Backend, size: u64, stream: StreamId) -> Result<Block, PolicyError> {
+    fn alloc(
+        &mut self,
+        dev: &mut dyn Backend,
+        size: u64,
+        stream: StreamId,
+    ) -> Result<Block, PolicyError> {
         self.tick += 1;
         let i = self.space_for(dev, stream, size <= self.config.small_max)?;
         let pool = self.pool.as_ref().expect("created with the first space");
         let space = &self.spaces[i];
         let rounded = space.bfc.round(size).ok_or(PolicyError::TooLarge(size))?;
-        let (chunk, backed) = space.choose(pool, rounded, self.config.search).ok_or(PolicyError::TooLarge(size))?;
+        let (chunk, backed) = space
+            .choose(pool, rounded, self.config.search)
+            .ok_or(PolicyError::TooLarge(size))?;
         if backed {
             // The common case: no physical memory to find.
             let (addr, size) = self.spaces[i].take_backed(chunk, size);
@@ -224,18 +263,37 @@ impl Policy for Coalesce {
         let (g0, g1) = space.granule_range(space.bfc.chunk(chunk).addr, rounded);
         let idle = self.idle_handles(Some((i, g0, g1)));
         // The block being backed is live already: memory created for it is not waste.
-        let live_granules = ((self.live_bytes + rounded) / dev.granularity()).min(u32::MAX as u64) as u32;
+        let live_granules =
+            ((self.live_bytes + rounded) / dev.granularity()).min(u32::MAX as u64) as u32;
         let pool = self.pool.as_mut().expect("created with the first space");
-        let mut ctx = Ctx { dev, pool, fences: &mut self.fences, idle, now: self.tick, live_granules };
+        let mut ctx = Ctx {
+            dev,
+            pool,
+            fences: &mut self.fences,
+            idle,
+            now: self.tick,
+            live_granules,
+        };
         let (addr, size) = self.spaces[i].take(&mut ctx, chunk, size)?;
         self.live_bytes += size;
         Ok(Block { addr, size })
     }
 
-    fn free(&mut self, dev: &mut dyn Backend, addr: DevAddr, stream: StreamId) -> Result<(), PolicyError> {
+    fn free(
+        &mut self,
+        dev: &mut dyn Backend,
+        addr: DevAddr,
+        stream: StreamId,
+    ) -> Result<(), PolicyError> {
         self.tick += 1;
-        let space = self.spaces.iter_mut().find(|s| s.contains(addr)).ok_or(PolicyError::UnknownAddress(addr))?;
-        let size = space.give_back(addr, self.tick).ok_or(PolicyError::UnknownAddress(addr))?;
+        let space = self
+            .spaces
+            .iter_mut()
+            .find(|s| s.contains(addr))
+            .ok_or(PolicyError::UnknownAddress(addr))?;
+        let size = space
+            .give_back(addr, self.tick)
+            .ok_or(PolicyError::UnknownAddress(addr))?;
         self.live_bytes -= size;
         if stream != space.stream {
             // Freed in another stream's order: make the block's own stream wait for that work,
@@ -263,13 +321,29 @@ impl Policy for Coalesce {
         }
         let idle = self.idle_handles(None);
         let pool = self.pool.as_mut().expect("checked above");
-        let mut ctx = Ctx { dev, pool, fences: &mut self.fences, idle, now: self.tick, live_granules: 0 };
+        let mut ctx = Ctx {
+            dev,
+            pool,
+            fences: &mut self.fences,
+            idle,
+            now: self.tick,
+            live_granules: 0,
+        };
         space::trim(&mut ctx)
     }
 
     fn usage(&self) -> Usage {
-        let largest_free_block = self.spaces.iter().map(|s| s.bfc.largest_free()).max().unwrap_or(0);
-        Usage { allocated_bytes: self.live_bytes, largest_free_block, segments: self.spaces.len() }
+        let largest_free_block = self
+            .spaces
+            .iter()
+            .map(|s| s.bfc.largest_free())
+            .max()
+            .unwrap_or(0);
+        Usage {
+            allocated_bytes: self.live_bytes,
+            largest_free_block,
+            segments: self.spaces.len(),
+        }
     }
 
     fn segments(&self) -> Vec<Segment> {
@@ -277,11 +351,16 @@ impl Policy for Coalesce {
     }
 
     fn check_invariants(&self) -> Result<(), String> {
-        let Some(pool) = &self.pool else { return Ok(()) };
+        let Some(pool) = &self.pool else {
+            return Ok(());
+        };
         pool.check()?;
         let live: u64 = self.spaces.iter().map(|s| s.bfc.stats().in_use_bytes).sum();
         if live != self.live_bytes {
-            return Err(format!("live byte counter {} but spaces hold {live}", self.live_bytes));
+            return Err(format!(
+                "live byte counter {} but spaces hold {live}",
+                self.live_bytes
+            ));
         }
         self.spaces.iter().try_for_each(|s| s.check(pool))
     }

@@ -65,12 +65,25 @@ pub(super) struct Pool {
 
 impl Pool {
     pub fn new(granule: u64) -> Self {
-        Pool { granule, spaces: Vec::new(), handles: Vec::new(), vacant: Vec::new(), spare: BTreeSet::new(), held: 0, spare_granules: 0 }
+        Pool {
+            granule,
+            spaces: Vec::new(),
+            handles: Vec::new(),
+            vacant: Vec::new(),
+            spare: BTreeSet::new(),
+            held: 0,
+            spare_granules: 0,
+        }
     }
 
     /// Adds the mapping state of a new space at `base` of `granules` granules; returns its id.
     pub fn add_space(&mut self, base: u64, granules: usize) -> u16 {
-        self.spaces.push(SpaceMap { base, table: vec![NONE; granules], bits: vec![0; granules.div_ceil(64)], high: 0 });
+        self.spaces.push(SpaceMap {
+            base,
+            table: vec![NONE; granules],
+            bits: vec![0; granules.div_ceil(64)],
+            high: 0,
+        });
         u16::try_from(self.spaces.len() - 1).expect("fewer than 65536 spaces")
     }
 
@@ -97,7 +110,10 @@ impl Pool {
     pub fn mapping_of(&self, h: u32) -> (u64, u64) {
         let rec = &self.handles[h as usize];
         match rec.place {
-            Place::Mapped { space, at } => (self.spaces[space as usize].base + at as u64 * self.granule, rec.granules as u64 * self.granule),
+            Place::Mapped { space, at } => (
+                self.spaces[space as usize].base + at as u64 * self.granule,
+                rec.granules as u64 * self.granule,
+            ),
             Place::Spare => unreachable!("a spare handle has no mapping"),
         }
     }
@@ -122,7 +138,8 @@ impl Pool {
 
     /// Unmapped granules of `space` from `g` upwards, at most `max`.
     pub fn unmapped_run(&self, space: u16, g: u32, max: u32) -> u32 {
-        let end = (g as u64 + max as u64).min(self.spaces[space as usize].table.len() as u64) as u32;
+        let end =
+            (g as u64 + max as u64).min(self.spaces[space as usize].table.len() as u64) as u32;
         (g..end).take_while(|&x| !self.is_mapped(space, x)).count() as u32
     }
 
@@ -141,7 +158,9 @@ impl Pool {
                 NONE => g += 1,
                 h => {
                     let rec = &self.handles[h as usize];
-                    let Place::Mapped { at, .. } = rec.place else { unreachable!("table names a spare handle") };
+                    let Place::Mapped { at, .. } = rec.place else {
+                        unreachable!("table names a spare handle")
+                    };
                     let end = at + rec.granules;
                     if at >= from && end <= to {
                         visit(h);
@@ -155,7 +174,11 @@ impl Pool {
     /// Registers a new spare handle; returns its slot.
     pub fn add_handle(&mut self, phys: PhysHandle, granules: u32) -> u32 {
         self.held += granules as u64;
-        let rec = Handle { phys, granules, place: Place::Spare };
+        let rec = Handle {
+            phys,
+            granules,
+            place: Place::Spare,
+        };
         let h = match self.vacant.pop() {
             Some(s) => {
                 self.handles[s as usize] = rec;
@@ -202,7 +225,9 @@ impl Pool {
     /// Records that handle `h` is no longer mapped; it becomes spare.
     pub fn set_unmapped(&mut self, h: u32) {
         let rec = &mut self.handles[h as usize];
-        let Place::Mapped { space, at } = rec.place else { unreachable!("unmapping a spare handle") };
+        let Place::Mapped { space, at } = rec.place else {
+            unreachable!("unmapping a spare handle")
+        };
         let n = rec.granules;
         rec.place = Place::Spare;
         let map = &mut self.spaces[space as usize];
@@ -216,7 +241,10 @@ impl Pool {
 
     /// The smallest spare handle of `min..=max` granules.
     pub fn spare_fit(&self, min: u32, max: u32) -> Option<u32> {
-        self.spare.range((min, 0)..=(max, NONE)).next().map(|&(_, h)| h)
+        self.spare
+            .range((min, 0)..=(max, NONE))
+            .next()
+            .map(|&(_, h)| h)
     }
 
     /// The largest spare handle of fewer than `n` granules.
@@ -235,17 +263,27 @@ impl Pool {
         for (g, &h) in map.table.iter().enumerate() {
             let g = g as u32;
             if self.is_mapped(space, g) != (h != NONE) {
-                return Err(format!("space {space} granule {g}: bitmap and table disagree"));
+                return Err(format!(
+                    "space {space} granule {g}: bitmap and table disagree"
+                ));
             }
             if h == NONE {
                 continue;
             }
             if g >= map.high {
-                return Err(format!("space {space} granule {g} mapped above the high mark {}", map.high));
+                return Err(format!(
+                    "space {space} granule {g} mapped above the high mark {}",
+                    map.high
+                ));
             }
             match self.handles[h as usize].place {
-                Place::Mapped { space: s, at } if s == space && at <= g && g < at + self.handles[h as usize].granules => {}
-                place => return Err(format!("space {space} granule {g} names handle {h}, which is {place:?}")),
+                Place::Mapped { space: s, at }
+                    if s == space && at <= g && g < at + self.handles[h as usize].granules => {}
+                place => {
+                    return Err(format!(
+                        "space {space} granule {g} names handle {h}, which is {place:?}"
+                    ));
+                }
             }
         }
         Ok(())
@@ -254,25 +292,41 @@ impl Pool {
     /// Checks what is not per space: the spare index and the held counter.
     pub fn check(&self) -> Result<(), String> {
         let mut held = 0;
-        for (h, rec) in self.handles.iter().enumerate().filter(|(_, r)| r.granules > 0) {
+        for (h, rec) in self
+            .handles
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.granules > 0)
+        {
             held += rec.granules as u64;
             let spare = self.spare.contains(&(rec.granules, h as u32));
             if spare != (rec.place == Place::Spare) {
-                return Err(format!("handle {h} is {:?} but spare index says {spare}", rec.place));
+                return Err(format!(
+                    "handle {h} is {:?} but spare index says {spare}",
+                    rec.place
+                ));
             }
             if let Place::Mapped { space, at } = rec.place {
                 let table = &self.spaces[space as usize].table;
                 if (at..at + rec.granules).any(|g| table[g as usize] != h as u32) {
-                    return Err(format!("handle {h} is mapped at {at} but the table disagrees"));
+                    return Err(format!(
+                        "handle {h} is mapped at {at} but the table disagrees"
+                    ));
                 }
             }
         }
         if held != self.held {
-            return Err(format!("held counter {} but handles hold {held} granules", self.held));
+            return Err(format!(
+                "held counter {} but handles hold {held} granules",
+                self.held
+            ));
         }
         let spare: u64 = self.spare.iter().map(|&(n, _)| n as u64).sum();
         if spare != self.spare_granules {
-            return Err(format!("spare counter {} but spare handles hold {spare} granules", self.spare_granules));
+            return Err(format!(
+                "spare counter {} but spare handles hold {spare} granules",
+                self.spare_granules
+            ));
         }
         Ok(())
     }

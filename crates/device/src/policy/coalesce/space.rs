@@ -49,8 +49,14 @@ impl Ctx<'_> {
     }
 
     /// Removes and returns the best safe idle handle among those `pick` ranks highest.
-    fn take_idle(&mut self, eligible: impl Fn(&Idle) -> bool, rank: impl Fn(&Idle) -> (u32, u64)) -> Option<Idle> {
-        let best = (0..self.idle.len()).filter(|&k| eligible(&self.idle[k]) && self.safe(&self.idle[k])).max_by_key(|&k| rank(&self.idle[k]))?;
+    fn take_idle(
+        &mut self,
+        eligible: impl Fn(&Idle) -> bool,
+        rank: impl Fn(&Idle) -> (u32, u64),
+    ) -> Option<Idle> {
+        let best = (0..self.idle.len())
+            .filter(|&k| eligible(&self.idle[k]) && self.safe(&self.idle[k]))
+            .max_by_key(|&k| rank(&self.idle[k]))?;
         Some(self.idle.swap_remove(best))
     }
 }
@@ -91,10 +97,28 @@ impl Space {
         let base = dev.address_reserve(size)?;
         let mut bfc = Bfc::new(BfcConfig::default());
         bfc.add_region(base, size).map_err(|e| {
-            PolicyError::Backend(BackendError::Invalid { call: DriverCall::AddressReserve, reason: e.to_string() })
+            PolicyError::Backend(BackendError::Invalid {
+                call: DriverCall::AddressReserve,
+                reason: e.to_string(),
+            })
         })?;
-        let id = pool.add_space(base, usize::try_from(size / granule).expect("granule count fits usize"));
-        Ok(Space { id, stream, small, base, size, granule, bfc, growth, burst: 0, freed: false, load_only_burst })
+        let id = pool.add_space(
+            base,
+            usize::try_from(size / granule).expect("granule count fits usize"),
+        );
+        Ok(Space {
+            id,
+            stream,
+            small,
+            base,
+            size,
+            granule,
+            bfc,
+            growth,
+            burst: 0,
+            freed: false,
+            load_only_burst,
+        })
     }
 
     #[inline]
@@ -131,7 +155,9 @@ impl Space {
         if self.is_backed(pool, self.bfc.chunk(best).addr, rounded) {
             return Some((best, true));
         }
-        let backed = self.bfc.fits(rounded).skip(1).take(search).find(|&c| self.is_backed(pool, self.bfc.chunk(c).addr, rounded));
+        let backed = self.bfc.best_fit_where(rounded, search + 1, |addr| {
+            self.is_backed(pool, addr, rounded)
+        });
         Some(backed.map_or((best, false), |c| (c, true)))
     }
 
@@ -145,7 +171,12 @@ impl Space {
 
     /// Takes `chunk` for `requested` bytes and backs what is unmapped under it. On failure the
     /// chunk is given back. Returns `(addr, size)`.
-    pub fn take(&mut self, ctx: &mut Ctx<'_>, chunk: ChunkId, requested: u64) -> Result<(u64, u64), PolicyError> {
+    pub fn take(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chunk: ChunkId,
+        requested: u64,
+    ) -> Result<(u64, u64), PolicyError> {
         let a = self.bfc.alloc_chunk(chunk, requested, true);
         self.note_growth(a.size);
         let (g0, g1) = self.granule_range(a.addr, a.size);
@@ -158,7 +189,9 @@ impl Space {
 
     fn note_growth(&mut self, bytes: u64) {
         if !(self.load_only_burst && self.freed) {
-            self.burst = self.burst.saturating_add(bytes.div_ceil(self.granule) as u32);
+            self.burst = self
+                .burst
+                .saturating_add(bytes.div_ceil(self.granule) as u32);
         }
     }
 
@@ -180,17 +213,30 @@ impl Space {
             let to = ((c.addr + c.size - self.base) / self.granule) as u32;
             pool.handles_within(self.id, from, to, |h| {
                 let rec = pool.handle(h);
-                let Place::Mapped { at, .. } = rec.place else { return };
+                let Place::Mapped { at, .. } = rec.place else {
+                    return;
+                };
                 if skip.is_some_and(|(g0, g1)| at <= g1 && g0 < at + rec.granules) {
                     return;
                 }
-                out.push(Idle { handle: h, granules: rec.granules, stream: self.stream, stamp: c.stamp });
+                out.push(Idle {
+                    handle: h,
+                    granules: rec.granules,
+                    stream: self.stream,
+                    stamp: c.stamp,
+                });
             });
         }
     }
 
     /// Maps physical memory under every unmapped granule of `g0..=g1`.
-    fn back(&mut self, ctx: &mut Ctx<'_>, g0: u32, g1: u32, requested: u64) -> Result<(), PolicyError> {
+    fn back(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        g0: u32,
+        g1: u32,
+        requested: u64,
+    ) -> Result<(), PolicyError> {
         let mut g = g0;
         while g <= g1 {
             if ctx.pool.all_mapped(self.id, g, g) {
@@ -205,7 +251,8 @@ impl Space {
             // Whatever was mapped gets access, even when the run could not be completed:
             // mapped memory without access would fault once a later block lands on it.
             if end > start {
-                ctx.dev.set_access(self.va(start), (end - start) as u64 * self.granule)?;
+                ctx.dev
+                    .set_access(self.va(start), (end - start) as u64 * self.granule)?;
             }
             result?;
         }
@@ -214,11 +261,19 @@ impl Space {
 
     /// Maps granules `r0..r1` (all unmapped), possibly more after them. Returns the end of
     /// what was mapped (also on failure) and the outcome.
-    fn back_run(&mut self, ctx: &mut Ctx<'_>, r0: u32, r1: u32, requested: u64) -> (u32, Result<(), PolicyError>) {
+    fn back_run(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        r0: u32,
+        r1: u32,
+        requested: u64,
+    ) -> (u32, Result<(), PolicyError>) {
         let mut at = r0;
         while at < r1 {
             let need = r1 - at;
-            let span = ctx.pool.unmapped_run(self.id, at, self.growth.max_granules.max(need));
+            let span = ctx
+                .pool
+                .unmapped_run(self.id, at, self.growth.max_granules.max(need));
             let h = match self.reusable(ctx, need, span) {
                 Ok(Some(h)) => h,
                 Ok(None) => match self.create(ctx, need, span, requested) {
@@ -241,14 +296,22 @@ impl Space {
     /// covers the rest, a safely idle one that does (moved; the smallest, then the longest
     /// idle), a smaller spare one, the largest smaller safely idle one. If idle handles exist
     /// but their streams may still use them, fences are advanced once and the search retried.
-    fn reusable(&mut self, ctx: &mut Ctx<'_>, need: u32, span: u32) -> Result<Option<u32>, PolicyError> {
+    fn reusable(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        need: u32,
+        span: u32,
+    ) -> Result<Option<u32>, PolicyError> {
         let max = span.min(self.growth.max_granules).max(1);
         let want = need.min(max);
         if let Some(h) = ctx.pool.spare_fit(want, max) {
             return Ok(Some(h));
         }
         for attempt in 0..2 {
-            let covering = ctx.take_idle(|i| (want..=max).contains(&i.granules), |i| (u32::MAX - i.granules, u64::MAX - i.stamp));
+            let covering = ctx.take_idle(
+                |i| (want..=max).contains(&i.granules),
+                |i| (u32::MAX - i.granules, u64::MAX - i.stamp),
+            );
             if let Some(i) = covering {
                 unmap(ctx.dev, ctx.pool, i.handle)?;
                 return Ok(Some(i.handle));
@@ -256,7 +319,9 @@ impl Space {
             if let Some(h) = ctx.pool.spare_below(want) {
                 return Ok(Some(h));
             }
-            if let Some(i) = ctx.take_idle(|i| i.granules < want, |i| (i.granules, u64::MAX - i.stamp)) {
+            if let Some(i) =
+                ctx.take_idle(|i| i.granules < want, |i| (i.granules, u64::MAX - i.stamp))
+            {
                 unmap(ctx.dev, ctx.pool, i.handle)?;
                 return Ok(Some(i.handle));
             }
@@ -269,16 +334,29 @@ impl Space {
 
     /// Creates a handle for the rest of a run, first releasing spare and safely idle handles
     /// (all unsuitable here) so that reserved memory does not grow while they exist.
-    fn create(&mut self, ctx: &mut Ctx<'_>, need: u32, span: u32, requested: u64) -> Result<u32, PolicyError> {
-        let n = self.growth.handle_granules(ctx.live_granules, ctx.pool.held(), self.burst, need, span);
+    fn create(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        need: u32,
+        span: u32,
+        requested: u64,
+    ) -> Result<u32, PolicyError> {
+        let n =
+            self.growth
+                .handle_granules(ctx.live_granules, ctx.pool.held(), self.burst, need, span);
         let mut released = 0;
         while released < n {
-            let Some(freed) = release_largest(ctx)? else { break };
+            let Some(freed) = release_largest(ctx)? else {
+                break;
+            };
             released += freed;
         }
         let created = match ctx.dev.mem_create(n as u64 * self.granule) {
             // Mapping ahead is optional: on a full device, create just what is needed.
-            Err(e) if e.is_out_of_memory() && n > need => ctx.dev.mem_create(need as u64 * self.granule).map(|p| (p, need)),
+            Err(e) if e.is_out_of_memory() && n > need => ctx
+                .dev
+                .mem_create(need as u64 * self.granule)
+                .map(|p| (p, need)),
             other => other.map(|p| (p, n)),
         };
         let (phys, n) = created.map_err(|e| grow_error(requested, e))?;
@@ -288,18 +366,35 @@ impl Space {
     /// The space as one segment with its live blocks.
     pub fn segment(&self) -> Segment {
         let region = self.bfc.regions().next().expect("a space has one region");
-        let blocks = self.bfc.chunks_of(region).filter(|c| c.in_use).map(|c| (c.addr, c.size)).collect();
-        Segment { addr: self.base, size: self.size, stream: self.stream, blocks }
+        let blocks = self
+            .bfc
+            .chunks_of(region)
+            .filter(|c| c.in_use)
+            .map(|c| (c.addr, c.size))
+            .collect();
+        Segment {
+            addr: self.base,
+            size: self.size,
+            stream: self.stream,
+            blocks,
+        }
     }
 
     /// Checks the BFC, this space's mapping, and that every live block is mapped.
     pub fn check(&self, pool: &Pool) -> Result<(), String> {
         self.bfc.check_invariants().map_err(|e| e.to_string())?;
         pool.check_space(self.id)?;
-        let region = self.bfc.regions().next().ok_or("a space without its region")?;
+        let region = self
+            .bfc
+            .regions()
+            .next()
+            .ok_or("a space without its region")?;
         for c in self.bfc.chunks_of(region).filter(|c| c.in_use) {
             if !self.is_backed(pool, c.addr, c.size) {
-                return Err(format!("live block [{:#x}, +{}) is not fully mapped", c.addr, c.size));
+                return Err(format!(
+                    "live block [{:#x}, +{}) is not fully mapped",
+                    c.addr, c.size
+                ));
             }
         }
         Ok(())
@@ -317,7 +412,11 @@ fn unmap(dev: &mut dyn Backend, pool: &mut Pool, h: u32) -> Result<(), PolicyErr
 /// returns whether some may be now.
 fn advance_fences(ctx: &mut Ctx<'_>) -> Result<bool, PolicyError> {
     let mut waits: Vec<(StreamId, u64)> = Vec::new();
-    for i in ctx.idle.iter().filter(|i| !ctx.fences.passed(i.stream, i.stamp)) {
+    for i in ctx
+        .idle
+        .iter()
+        .filter(|i| !ctx.fences.passed(i.stream, i.stamp))
+    {
         match waits.iter_mut().find(|w| w.0 == i.stream) {
             Some(w) => w.1 = w.1.min(i.stamp),
             None => waits.push((i.stream, i.stamp)),
@@ -334,7 +433,9 @@ fn advance_fences(ctx: &mut Ctx<'_>) -> Result<bool, PolicyError> {
 /// granules, or `None` if there is none.
 fn release_largest(ctx: &mut Ctx<'_>) -> Result<Option<u32>, PolicyError> {
     let spare = ctx.pool.largest_spare();
-    let idle = (0..ctx.idle.len()).filter(|&k| ctx.safe(&ctx.idle[k])).max_by_key(|&k| ctx.idle[k].granules);
+    let idle = (0..ctx.idle.len())
+        .filter(|&k| ctx.safe(&ctx.idle[k]))
+        .max_by_key(|&k| ctx.idle[k].granules);
     let h = match (spare, idle) {
         (Some((n, h)), Some(k)) if n >= ctx.idle[k].granules => h,
         (_, Some(k)) => {

@@ -15,12 +15,22 @@ fn policy() -> Coalesce {
 }
 
 fn sim(capacity: u64, lag: u64) -> SimDevice {
-    SimDevice::new(SimConfig { capacity, stream_lag: lag, ..SimConfig::default() })
+    SimDevice::new(SimConfig {
+        capacity,
+        stream_lag: lag,
+        ..SimConfig::default()
+    })
 }
 
 /// Frees as a framework does: the stream's kernels using the block were enqueued before the
 /// free and may still run, which the simulator then holds against any unmap of that memory.
-fn free_as_gpu(p: &mut Coalesce, dev: &mut SimDevice, addr: u64, size: u64, stream: StreamId) -> Result<(), PolicyError> {
+fn free_as_gpu(
+    p: &mut Coalesce,
+    dev: &mut SimDevice,
+    addr: u64,
+    size: u64,
+    stream: StreamId,
+) -> Result<(), PolicyError> {
     dev.use_until_now(addr, size, stream);
     p.free(dev, addr, stream)
 }
@@ -31,7 +41,10 @@ fn count(dev: &SimDevice, call: DriverCall) -> u64 {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { size: u64, stream: u64 },
+    Alloc {
+        size: u64,
+        stream: u64,
+    },
     Free(usize),
     /// Let the GPU run for this many ticks.
     Wait(u64),
@@ -60,7 +73,11 @@ fn run_with_lag(lag: u64, ops: &[Op]) -> Result<(), TestCaseError> {
         match *op {
             Op::Alloc { size, stream } => match p.alloc(&mut dev, size, StreamId(stream)) {
                 Ok(b) => {
-                    prop_assert!(dev.is_accessible(b.addr, size), "step {}: block not accessible", step);
+                    prop_assert!(
+                        dev.is_accessible(b.addr, size),
+                        "step {}: block not accessible",
+                        step
+                    );
                     if let Some((&a, &(s, _))) = live.range(..b.addr + b.size).next_back() {
                         prop_assert!(a + s <= b.addr, "step {}: overlap", step);
                     }
@@ -71,13 +88,17 @@ fn run_with_lag(lag: u64, ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Free(n) if !live.is_empty() => {
                 let (&addr, &(size, stream)) = live.iter().nth(n % live.len()).unwrap();
                 live.remove(&addr);
-                free_as_gpu(&mut p, &mut dev, addr, size, StreamId(stream)).map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
+                free_as_gpu(&mut p, &mut dev, addr, size, StreamId(stream))
+                    .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
             }
             Op::Free(_) => {}
             Op::Wait(t) => (0..t).for_each(|_| dev.tick()),
-            Op::EmptyCache => p.empty_cache(&mut dev).map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?,
+            Op::EmptyCache => p
+                .empty_cache(&mut dev)
+                .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?,
         }
-        p.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step} ({op:?}): {e}")))?;
+        p.check_invariants()
+            .map_err(|e| TestCaseError::fail(format!("step {step} ({op:?}): {e}")))?;
     }
     Ok(())
 }
@@ -100,7 +121,9 @@ fn idle_memory_moves_to_where_it_is_needed_instead_of_growing() {
     let warm = p.alloc(&mut dev, 8 * MIB, s).unwrap();
     free_as_gpu(&mut p, &mut dev, warm.addr, warm.size, s).unwrap();
     // Fill 512 MiB with 64 blocks, then free every other one: 256 MiB of holes.
-    let blocks: Vec<_> = (0..64).map(|_| p.alloc(&mut dev, 8 * MIB, s).unwrap()).collect();
+    let blocks: Vec<_> = (0..64)
+        .map(|_| p.alloc(&mut dev, 8 * MIB, s).unwrap())
+        .collect();
     for b in blocks.iter().step_by(2) {
         free_as_gpu(&mut p, &mut dev, b.addr, b.size, s).unwrap();
     }
@@ -136,8 +159,15 @@ fn memory_a_lagging_stream_may_use_is_not_moved_until_it_has_passed() {
     (0..2000).for_each(|_| dev.tick());
     let creates = count(&dev, DriverCall::MemCreate);
     p.alloc(&mut dev, 128 * MIB, StreamId(3)).unwrap();
-    assert!(count(&dev, DriverCall::MemUnmap) > 0, "idle memory of finished streams moved");
-    assert_eq!(count(&dev, DriverCall::MemCreate), creates, "and nothing new was created");
+    assert!(
+        count(&dev, DriverCall::MemUnmap) > 0,
+        "idle memory of finished streams moved"
+    );
+    assert_eq!(
+        count(&dev, DriverCall::MemCreate),
+        creates,
+        "and nothing new was created"
+    );
     p.check_invariants().unwrap();
 }
 
@@ -148,7 +178,11 @@ fn a_free_ordered_on_another_stream_protects_the_memory_until_that_stream_passes
     let x = p.alloc(&mut dev, 64 * MIB, StreamId(1)).unwrap();
     // Freed in stream 2's order (its kernels used the block last).
     free_as_gpu(&mut p, &mut dev, x.addr, x.size, StreamId(2)).unwrap();
-    assert_eq!(count(&dev, DriverCall::StreamWaitEvent), 1, "stream 1 now waits for stream 2");
+    assert_eq!(
+        count(&dev, DriverCall::StreamWaitEvent),
+        1,
+        "stream 1 now waits for stream 2"
+    );
     // Any move of x's memory would be refused by the simulator while stream 2 runs.
     p.alloc(&mut dev, 96 * MIB, StreamId(3)).unwrap();
     p.check_invariants().unwrap();
@@ -162,10 +196,18 @@ fn small_requests_never_pin_large_handles() {
     let big = p.alloc(&mut dev, 256 * MIB, s).unwrap();
     let small = p.alloc(&mut dev, 4096, s).unwrap();
     let space_of = |addr: u64| p.spaces.iter().position(|sp| sp.contains(addr)).unwrap();
-    assert_ne!(space_of(big.addr), space_of(small.addr), "small objects live in their own space");
+    assert_ne!(
+        space_of(big.addr),
+        space_of(small.addr),
+        "small objects live in their own space"
+    );
     free_as_gpu(&mut p, &mut dev, big.addr, big.size, s).unwrap();
     p.empty_cache(&mut dev).unwrap();
-    assert!(dev.meter().reserved_bytes <= 2 * MIB, "only the small object's granule stays: {}", dev.meter().reserved_bytes);
+    assert!(
+        dev.meter().reserved_bytes <= 2 * MIB,
+        "only the small object's granule stays: {}",
+        dev.meter().reserved_bytes
+    );
 }
 
 #[test]
@@ -190,10 +232,15 @@ fn empty_cache_waits_for_streams_then_returns_everything() {
     let mut dev = sim(80 << 30, 500);
     let mut p = policy();
     for stream in 0..3 {
-        let b = p.alloc(&mut dev, (stream + 1) * 30 * MIB, StreamId(stream)).unwrap();
+        let b = p
+            .alloc(&mut dev, (stream + 1) * 30 * MIB, StreamId(stream))
+            .unwrap();
         free_as_gpu(&mut p, &mut dev, b.addr, b.size, StreamId(stream)).unwrap();
     }
     p.empty_cache(&mut dev).unwrap();
     assert_eq!(dev.meter().reserved_bytes, 0);
-    assert!(count(&dev, DriverCall::Synchronize) >= 1, "it synchronized before unmapping");
+    assert!(
+        count(&dev, DriverCall::Synchronize) >= 1,
+        "it synchronized before unmapping"
+    );
 }

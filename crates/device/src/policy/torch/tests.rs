@@ -243,6 +243,8 @@ fn blocks_stay_on_their_stream_and_cross_stream_frees_wait_for_the_stream() {
     // Freed on stream 1 while allocated on stream 0: reusable on stream 0 once stream 1 passed.
     let b = p.alloc(&mut dev, 4096, S0).unwrap();
     assert_eq!(b.addr, a.addr);
+    // Kernels on stream 1 used the block before the free and may still run.
+    dev.use_until_now(b.addr, 4096, S1);
     p.free(&mut dev, b.addr, S1).unwrap();
     p.check_invariants().unwrap();
     let early = p.alloc(&mut dev, 4096, S0).unwrap();
