@@ -8,7 +8,10 @@
 //! - `burst`: bytes allocated since the last free. A burst (loading weights, a forward pass
 //!   building up) is live and packed, so its handles may reach `burst / burst_div`;
 //! - the request: a handle covers at least what the block needs (if the cap allows), and
-//!   never more than the unmapped span where it is mapped.
+//!   never more than the unmapped span where it is mapped;
+//! - waste: while held memory exceeds live memory by more than `waste_permille`, earlier large
+//!   handles have lost their bet (parts pinned by live blocks, the rest unable to move), and new
+//!   handles are single granules, so that memory turns fungible again.
 
 /// Sizing parameters, in divisors of granule counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,8 +25,6 @@ pub(super) struct Growth {
     /// more, large handles have lost their bet (parts of them are pinned by live blocks and
     /// the rest cannot move), and new handles are kept minimal so memory turns fungible.
     pub waste_permille: u32,
-    /// What "minimal" means when over budget: 0 = one granule, 1 = the block's own run.
-    pub lean_mode: u32,
 }
 
 impl Growth {
@@ -33,16 +34,13 @@ impl Growth {
         debug_assert!(need >= 1 && need <= span);
         let budget = live as u64 * self.waste_permille as u64 / 1000 + 2;
         if held > live as u64 + budget {
-            return if self.lean_mode == 0 {
-                1
-            } else {
-                need.min(self.max_granules.max(1))
-            };
+            return 1;
         }
         let burst = burst / self.burst_div.max(1);
         let cap = (live / self.cap_div.max(1))
             .max(burst)
             .clamp(1, self.max_granules.max(1));
+
         let ahead = (live / self.ahead_div.max(1)).max(burst);
         ahead.max(need).min(cap).min(span).max(1)
     }
@@ -58,7 +56,6 @@ mod tests {
         burst_div: 4,
         max_granules: 32,
         waste_permille: 10,
-        lean_mode: 0,
     };
 
     #[test]
@@ -108,12 +105,6 @@ mod tests {
             G.handle_granules(10_000, 10_000 + 103, 0, 5, 100),
             1,
             "over budget: one granule"
-        );
-        let lean_run = Growth { lean_mode: 1, ..G };
-        assert_eq!(
-            lean_run.handle_granules(10_000, 10_200, 0, 5, 100),
-            5,
-            "or just the block's run"
         );
     }
 

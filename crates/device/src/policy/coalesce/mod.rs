@@ -55,7 +55,7 @@ pub(super) const INFO: PolicyInfo = PolicyInfo {
         ),
         (
             "cap_div",
-            "new physical handles cover at most live/cap_div granules (default 256)",
+            "new physical handles cover at most live/cap_div granules (default 32)",
         ),
         (
             "ahead_div",
@@ -81,10 +81,6 @@ pub(super) const INFO: PolicyInfo = PolicyInfo {
             "load_only_burst",
             "only growth before a space's first free counts as a burst (0/1, default 1)",
         ),
-        (
-            "lean_mode",
-            "minimal handle when over the waste budget: 0 = one granule, 1 = the block's run (default 0)",
-        ),
     ],
     build,
 };
@@ -108,7 +104,6 @@ fn build(spec: &PolicySpec) -> Result<Box<dyn Policy>, SpecError> {
             << 20,
         search: spec.parse_option("search", d.search as u32, number)? as usize,
         waste_permille: spec.parse_option("waste_permille", d.waste_permille, number)?,
-        lean_mode: spec.parse_option("lean_mode", d.lean_mode, number)?,
         load_only_burst: spec.parse_option("load_only_burst", d.load_only_burst as u32, number)?
             != 0,
     };
@@ -126,7 +121,6 @@ pub struct Config {
     pub max_handle: u64,
     pub search: usize,
     pub waste_permille: u32,
-    pub lean_mode: u32,
     pub load_only_burst: bool,
 }
 
@@ -135,13 +129,12 @@ impl Default for Config {
         Config {
             va_factor: 2,
             small_max: 1 << 20,
-            cap_div: 256,
+            cap_div: 32,
             ahead_div: 128,
             burst_div: 4,
             max_handle: 64 << 20,
             search: 32,
             waste_permille: 10,
-            lean_mode: 0,
             load_only_burst: true,
         }
     }
@@ -197,7 +190,6 @@ impl Coalesce {
                 (self.config.max_handle / granule).max(1) as u32
             },
             waste_permille: self.config.waste_permille,
-            lean_mode: self.config.lean_mode,
         };
         let pool = self.pool.get_or_insert_with(|| Pool::new(granule));
         let size = dev

@@ -237,6 +237,11 @@ impl Space {
         g1: u32,
         requested: u64,
     ) -> Result<(), PolicyError> {
+        // All new mappings of this block get access in one call: between runs lie only whole
+        // mappings that have access already, so the range from the first new mapping to the
+        // end of the last one is a valid `cuMemSetAccess` range.
+        let (mut first, mut last_end) = (None, 0);
+        let mut result = Ok(());
         let mut g = g0;
         while g <= g1 {
             if ctx.pool.all_mapped(self.id, g, g) {
@@ -247,16 +252,23 @@ impl Space {
             while g <= g1 && !ctx.pool.all_mapped(self.id, g, g) {
                 g += 1;
             }
-            let (end, result) = self.back_run(ctx, start, g, requested);
-            // Whatever was mapped gets access, even when the run could not be completed:
-            // mapped memory without access would fault once a later block lands on it.
+            let (end, run) = self.back_run(ctx, start, g, requested);
             if end > start {
-                ctx.dev
-                    .set_access(self.va(start), (end - start) as u64 * self.granule)?;
+                first.get_or_insert(start);
+                last_end = end;
             }
-            result?;
+            if run.is_err() {
+                result = run;
+                break;
+            }
         }
-        Ok(())
+        // Whatever was mapped gets access, even when backing failed part way: mapped memory
+        // without access would fault once a later block lands on it.
+        if let Some(first) = first {
+            ctx.dev
+                .set_access(self.va(first), (last_end - first) as u64 * self.granule)?;
+        }
+        result
     }
 
     /// Maps granules `r0..r1` (all unmapped), possibly more after them. Returns the end of
