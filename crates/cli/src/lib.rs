@@ -3,6 +3,7 @@
 //! Front-end layer: replay orchestration, reports (table, JSON, SVG) and units. The binary in
 //! `main.rs` only parses arguments and calls in here, so everything is testable.
 
+pub mod bench;
 pub mod replay;
 pub mod report;
 pub mod units;

@@ -1,6 +1,7 @@
 //! `coalesce`: replay real allocator traces on a simulated device and compare policies.
 
 use clap::{Args, Parser, Subcommand};
+use coalesce_cli::bench;
 use coalesce_cli::replay::{self, ReplayConfig};
 use coalesce_cli::report::{json, plot, table};
 use coalesce_cli::units::parse_size;
@@ -29,10 +30,50 @@ enum Command {
     /// Replay allocator traces under allocation policies on a simulated GPU and report reserved
     /// memory, driver calls and the allocator's CPU cost per operation.
     Replay(ReplayArgs),
+    /// Benchmark every policy on the bundled and synthetic traces in one run: reserved memory,
+    /// driver calls, estimated driver time and CPU cost per operation against torch-native, and
+    /// whether the coalesce policy meets its goals.
+    Bench(BenchArgs),
     /// List the allocation policies and their options.
     Policies,
     /// Write a synthetic trace (see `coalesce synth --list`) as CSV.
     Synth(SynthArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Extra trace files to include (the bundled and synthetic traces always are, unless
+    /// --only is given).
+    traces: Vec<PathBuf>,
+
+    /// Bench only the given TRACE files, not the bundled and synthetic ones.
+    #[arg(long)]
+    only: bool,
+
+    /// Policies to compare (same syntax as for replay). Default: every policy.
+    #[arg(long, short, value_name = "NAME[:OPTIONS][,...]")]
+    policy: Vec<String>,
+
+    /// Print one JSON object per trace and policy per line instead of tables.
+    #[arg(long)]
+    json: bool,
+
+    /// Write one SVG per trace into DIR: requested and reserved bytes over the replay.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+
+    /// Timed repeats per trace and policy; the median CPU cost per op is reported.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    repeats: u64,
+
+    /// Driver cost table (JSON, the shape of crates/cli/data/driver-costs.json), e.g. one
+    /// measured on your GPU. Default: the bundled table, whose sources it names.
+    #[arg(long, value_name = "FILE")]
+    costs: Option<PathBuf>,
+
+    /// Memory of the simulated GPU.
+    #[arg(long, default_value = "80GiB", value_parser = parse_size)]
+    capacity: u64,
 }
 
 #[derive(Args)]
@@ -101,6 +142,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Synth(args) => run_synth(args),
+        Command::Bench(args) => run_bench(args),
     }
 }
 
@@ -172,6 +214,78 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
     if let Some(dir) = &args.plot {
         for t in &traces {
             let of_trace: Vec<_> = results.iter().filter(|r| r.trace == t.name).collect();
+            match plot::write_trace_plot(dir, &of_trace) {
+                Ok(path) => eprintln!("wrote {}", path.display()),
+                Err(e) => return fail(1, e),
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_bench(args: BenchArgs) -> ExitCode {
+    let specs = match policy_specs(&args.policy) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let costs = match &args.costs {
+        Some(path) => match bench::CostTable::load(path) {
+            Ok(c) => c,
+            Err(e) => return fail(EXIT_BAD_INPUT, e),
+        },
+        None => bench::CostTable::bundled(),
+    };
+    let mut traces = if args.only {
+        vec![]
+    } else {
+        match bench::default_traces() {
+            Ok(t) => t,
+            Err(e) => return fail(EXIT_BAD_INPUT, e),
+        }
+    };
+    for path in &args.traces {
+        match replay::load_trace(path) {
+            Ok(ts) => traces.extend(ts),
+            Err(e) => return fail(EXIT_BAD_INPUT, e),
+        }
+    }
+    for t in &traces {
+        report_warnings(t);
+    }
+    let config = ReplayConfig {
+        sim: SimConfig {
+            capacity: args.capacity,
+            ..SimConfig::default()
+        },
+        repeats: args.repeats as usize,
+        series_points: 2000,
+    };
+    let rows = match bench::run(&traces, &specs, &config, &costs) {
+        Ok(r) => r,
+        Err(e) => return fail(1, e),
+    };
+    if args.json {
+        for r in &rows {
+            println!("{}", bench::report::json_line(r));
+        }
+    } else {
+        println!("{}", bench::report::table(&rows));
+        let goals = bench::goals(&rows);
+        if !goals.is_empty() {
+            println!(
+                "\n{}\n{}",
+                bench::report::goals_heading(),
+                bench::report::goals_table(&goals)
+            );
+        }
+    }
+    if let Some(dir) = &args.plot {
+        for t in &traces {
+            let of_trace: Vec<_> = rows
+                .iter()
+                .map(|r| &r.result)
+                .filter(|r| r.trace == t.name)
+                .collect();
             match plot::write_trace_plot(dir, &of_trace) {
                 Ok(path) => eprintln!("wrote {}", path.display()),
                 Err(e) => return fail(1, e),

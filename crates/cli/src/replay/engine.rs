@@ -38,6 +38,8 @@ pub struct ReplayResult {
     /// Peak of the bytes the policy had handed out (requests after its rounding).
     pub peak_allocated_bytes: u64,
     pub driver_calls: DriverCalls,
+    /// Bytes passed to each kind of driver call (see `Meter::bytes`).
+    pub driver_bytes: DriverCalls,
     /// Allocations that failed even after releasing cached memory.
     pub ooms: u64,
     /// Allocations that needed the release-and-retry path.
@@ -230,6 +232,7 @@ fn measured_pass(
         peak_reserved_bytes: meter.peak_reserved_bytes,
         peak_allocated_bytes: p.peak_allocated,
         driver_calls: meter.calls,
+        driver_bytes: meter.bytes,
         ooms: p.ooms,
         retries: p.retries,
         ns_per_op: 0.0,

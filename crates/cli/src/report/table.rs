@@ -133,6 +133,7 @@ mod tests {
             peak_reserved_bytes: peak_requested,
             peak_allocated_bytes: peak_requested,
             driver_calls: DriverCalls::default(),
+            driver_bytes: DriverCalls::default(),
             ooms: 0,
             retries: 0,
             ns_per_op: 100.0,

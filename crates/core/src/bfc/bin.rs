@@ -128,6 +128,16 @@ impl Bin {
         (hit, seen)
     }
 
+    /// Calls `visit` with every entry not below `key`, in order.
+    pub fn for_each_from(&self, key: FreeKey, mut visit: impl FnMut(FreeKey, u32)) {
+        match self {
+            Bin::Vec(v) => v[v.partition_point(|e| e.0 < key)..]
+                .iter()
+                .for_each(|&(k, c)| visit(k, c)),
+            Bin::Tree(t) => t.range(key..).for_each(|(&k, &c)| visit(k, c)),
+        }
+    }
+
     /// Entries not below `key`, in order.
     pub fn iter_from(&self, key: FreeKey) -> Box<dyn Iterator<Item = (FreeKey, u32)> + '_> {
         match self {

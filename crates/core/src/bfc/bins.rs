@@ -115,6 +115,17 @@ impl FreeBins {
         None
     }
 
+    /// Calls `visit` with every free chunk of at least `size` bytes (smallest first).
+    pub fn for_each_at_least(&self, size: u64, mut visit: impl FnMut(FreeKey, u32)) {
+        let first = self.bin_for(size);
+        self.bins[first].for_each_from((size, 0), &mut visit);
+        let mut b = first + 1;
+        while let Some(next) = self.next_nonempty(b) {
+            self.bins[next].for_each_from((0, 0), &mut visit);
+            b = next + 1;
+        }
+    }
+
     /// The largest free chunk (highest address among equals).
     pub fn largest(&self) -> Option<(FreeKey, u32)> {
         let b = self.last_nonempty()?;

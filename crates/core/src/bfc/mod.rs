@@ -246,6 +246,13 @@ impl Bfc {
             .map(|(_, c)| ChunkId(c))
     }
 
+    /// Calls `visit` with every free chunk of at least `min` bytes, smallest first. Unlike
+    /// [`Bfc::free_chunks`] it allocates nothing.
+    pub fn for_each_free(&self, min: u64, mut visit: impl FnMut(ChunkInfo)) {
+        self.bins
+            .for_each_at_least(min.max(self.config.alignment), |_, c| visit(self.info(c)));
+    }
+
     /// Free chunks of at least `min` bytes, in best-fit order (smallest first).
     pub fn free_chunks(&self, min: u64) -> impl Iterator<Item = ChunkInfo> + '_ {
         self.bins
@@ -609,6 +616,12 @@ impl Bfc {
     /// Size of the largest free chunk (0 if none).
     pub fn largest_free(&self) -> u64 {
         self.bins.largest().map_or(0, |((size, _), _)| size)
+    }
+
+    /// Bytes in use (O(1); [`Bfc::stats`] also computes the largest free chunk).
+    #[inline]
+    pub fn stats_in_use_bytes(&self) -> u64 {
+        self.stats.in_use_bytes
     }
 
     /// Counters; `largest_free` is computed on demand.

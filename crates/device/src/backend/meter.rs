@@ -139,6 +139,9 @@ impl DriverCalls {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meter {
     pub calls: DriverCalls,
+    /// Bytes passed to each kind of call, where the call has a size (allocation, creation,
+    /// mapping, unmapping, access, reservation): some costs grow with the bytes.
+    pub bytes: DriverCalls,
     /// Bytes the driver has given the pool: classic allocations plus physical memory created
     /// (and not yet released and unmapped).
     pub reserved_bytes: u64,
@@ -149,6 +152,19 @@ impl Meter {
     #[inline]
     pub fn count(&mut self, call: DriverCall) {
         self.calls.0[call.index()] += 1;
+    }
+
+    /// Counts a call of `bytes` bytes.
+    #[inline]
+    pub fn count_sized(&mut self, call: DriverCall, bytes: u64) {
+        self.count(call);
+        self.add_bytes(call, bytes);
+    }
+
+    /// Adds `bytes` to a call already counted (when the size is known only after the call).
+    #[inline]
+    pub fn add_bytes(&mut self, call: DriverCall, bytes: u64) {
+        self.bytes.0[call.index()] += bytes;
     }
 
     pub fn reserve(&mut self, bytes: u64) {

@@ -51,7 +51,7 @@ fn generated_traces_resolve_cleanly_and_free_everything() {
 
 #[test]
 fn the_stream_generator_uses_four_streams() {
-    let t = resolve("s", &lookup("synth-streams").unwrap().generate.clone()(3));
+    let t = resolve("s", &(lookup("synth-streams").unwrap().generate)(3));
     assert_eq!(t.streams.len(), 4);
 }
 

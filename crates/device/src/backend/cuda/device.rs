@@ -287,7 +287,7 @@ impl Backend for CudaBackend {
     }
 
     fn mem_alloc(&mut self, size: u64) -> BackendResult<DevAddr> {
-        self.meter.count(DriverCall::MemAlloc);
+        self.meter.count_sized(DriverCall::MemAlloc, size);
         if size == 0 {
             return Err(Self::invalid(DriverCall::MemAlloc, "size 0".into()));
         }
@@ -312,6 +312,7 @@ impl Backend for CudaBackend {
         // SAFETY: `addr` is a live allocation of this backend (checked above), freed once.
         self.with_ctx(DriverCall::MemFree, |_| unsafe { result::free_sync(addr) })?;
         self.classic.remove(&addr);
+        self.meter.add_bytes(DriverCall::MemFree, size);
         self.meter.unreserve(size);
         Ok(())
     }
@@ -321,7 +322,7 @@ impl Backend for CudaBackend {
     }
 
     fn address_reserve(&mut self, size: u64) -> BackendResult<DevAddr> {
-        self.meter.count(DriverCall::AddressReserve);
+        self.meter.count_sized(DriverCall::AddressReserve, size);
         let g = self.granularity;
         if size == 0 || !size.is_multiple_of(g) {
             return Err(Self::invalid(
@@ -351,7 +352,7 @@ impl Backend for CudaBackend {
     }
 
     fn mem_create(&mut self, size: u64) -> BackendResult<PhysHandle> {
-        self.meter.count(DriverCall::MemCreate);
+        self.meter.count_sized(DriverCall::MemCreate, size);
         if size == 0 || !size.is_multiple_of(self.granularity) {
             return Err(Self::invalid(
                 DriverCall::MemCreate,
@@ -423,7 +424,7 @@ impl Backend for CudaBackend {
     }
 
     fn mem_unmap(&mut self, addr: DevAddr, size: u64) -> BackendResult<()> {
-        self.meter.count(DriverCall::MemUnmap);
+        self.meter.count_sized(DriverCall::MemUnmap, size);
         let handle = match self.mappings.get(&addr) {
             Some(&(h, s)) if s == size => h,
             Some(&(_, s)) => {
@@ -453,7 +454,7 @@ impl Backend for CudaBackend {
     }
 
     fn set_access(&mut self, addr: DevAddr, size: u64) -> BackendResult<()> {
-        self.meter.count(DriverCall::SetAccess);
+        self.meter.count_sized(DriverCall::SetAccess, size);
         let desc = [vmm::read_write_on(self.cu_device)];
         // SAFETY: the driver rejects a range that is not fully mapped.
         self.with_ctx(DriverCall::SetAccess, |_| unsafe {

@@ -182,7 +182,7 @@ impl Backend for SimDevice {
     }
 
     fn mem_alloc(&mut self, size: u64) -> BackendResult<DevAddr> {
-        self.meter.count(DriverCall::MemAlloc);
+        self.meter.count_sized(DriverCall::MemAlloc, size);
         if size == 0 {
             return Err(invalid(DriverCall::MemAlloc, "size 0"));
         }
@@ -196,6 +196,7 @@ impl Backend for SimDevice {
             .classic
             .free(addr)
             .map_err(|r| invalid(DriverCall::MemFree, r))?;
+        self.meter.add_bytes(DriverCall::MemFree, size);
         self.meter.unreserve(size);
         Ok(())
     }
@@ -205,7 +206,7 @@ impl Backend for SimDevice {
     }
 
     fn address_reserve(&mut self, size: u64) -> BackendResult<DevAddr> {
-        self.meter.count(DriverCall::AddressReserve);
+        self.meter.count_sized(DriverCall::AddressReserve, size);
         self.vmm
             .reserve(size)
             .map_err(|r| invalid(DriverCall::AddressReserve, r))
@@ -219,7 +220,7 @@ impl Backend for SimDevice {
     }
 
     fn mem_create(&mut self, size: u64) -> BackendResult<PhysHandle> {
-        self.meter.count(DriverCall::MemCreate);
+        self.meter.count_sized(DriverCall::MemCreate, size);
         self.vmm
             .check_granular(size)
             .map_err(|r| invalid(DriverCall::MemCreate, r))?;
@@ -239,13 +240,16 @@ impl Backend for SimDevice {
 
     fn mem_map(&mut self, addr: DevAddr, handle: PhysHandle) -> BackendResult<()> {
         self.meter.count(DriverCall::MemMap);
-        self.vmm
+        let size = self
+            .vmm
             .map(addr, handle)
-            .map_err(|r| invalid(DriverCall::MemMap, r))
+            .map_err(|r| invalid(DriverCall::MemMap, r))?;
+        self.meter.add_bytes(DriverCall::MemMap, size);
+        Ok(())
     }
 
     fn mem_unmap(&mut self, addr: DevAddr, size: u64) -> BackendResult<()> {
-        self.meter.count(DriverCall::MemUnmap);
+        self.meter.count_sized(DriverCall::MemUnmap, size);
         let freed = self
             .vmm
             .unmap_at(addr, size, self.clock.now())
@@ -255,7 +259,7 @@ impl Backend for SimDevice {
     }
 
     fn set_access(&mut self, addr: DevAddr, size: u64) -> BackendResult<()> {
-        self.meter.count(DriverCall::SetAccess);
+        self.meter.count_sized(DriverCall::SetAccess, size);
         self.vmm
             .set_access(addr, size)
             .map_err(|r| invalid(DriverCall::SetAccess, r))

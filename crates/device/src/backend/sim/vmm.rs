@@ -140,7 +140,8 @@ impl VirtualMemory {
         }
     }
 
-    pub fn map(&mut self, addr: u64, h: PhysHandle) -> Res<()> {
+    /// Maps handle `h` at `addr`; returns the bytes mapped.
+    pub fn map(&mut self, addr: u64, h: PhysHandle) -> Res<u64> {
         let handle = self
             .handles
             .get(&h.0)
@@ -175,7 +176,7 @@ impl VirtualMemory {
         );
         self.handles.get_mut(&h.0).expect("checked above").maps += 1;
         self.mapped_bytes += size;
-        Ok(())
+        Ok(size)
     }
 
     /// Records that `stream` may use `[addr, addr + size)` until time `done_at`.

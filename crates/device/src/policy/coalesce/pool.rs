@@ -46,6 +46,8 @@ struct SpaceMap {
     bits: Vec<u64>,
     /// No granule at or above this has ever been mapped (bounds scans of huge free ranges).
     high: u32,
+    /// Granules mapped in this space.
+    mapped: u64,
 }
 
 #[derive(Debug)]
@@ -83,6 +85,7 @@ impl Pool {
             table: vec![NONE; granules],
             bits: vec![0; granules.div_ceil(64)],
             high: 0,
+            mapped: 0,
         });
         u16::try_from(self.spaces.len() - 1).expect("fewer than 65536 spaces")
     }
@@ -99,6 +102,11 @@ impl Pool {
 
     pub fn granule(&self) -> u64 {
         self.granule
+    }
+
+    /// Bytes mapped in `space`.
+    pub fn space_mapped_bytes(&self, space: u16) -> u64 {
+        self.spaces[space as usize].mapped * self.granule
     }
 
     /// Bytes mapped in all spaces.
@@ -219,6 +227,7 @@ impl Pool {
             map.bits[(g / 64) as usize] |= 1 << (g % 64);
         }
         map.high = map.high.max(at + n);
+        map.mapped += n as u64;
         self.handles[h as usize].place = Place::Mapped { space, at };
     }
 
@@ -231,6 +240,7 @@ impl Pool {
         let n = rec.granules;
         rec.place = Place::Spare;
         let map = &mut self.spaces[space as usize];
+        map.mapped -= n as u64;
         for g in at..at + n {
             map.table[g as usize] = NONE;
             map.bits[(g / 64) as usize] &= !(1 << (g % 64));
@@ -260,6 +270,13 @@ impl Pool {
     /// Checks `space`'s table and bitmap against the handles.
     pub fn check_space(&self, space: u16) -> Result<(), String> {
         let map = &self.spaces[space as usize];
+        let mapped = map.table.iter().filter(|&&h| h != NONE).count() as u64;
+        if mapped != map.mapped {
+            return Err(format!(
+                "space {space}: {mapped} granules mapped, counter says {}",
+                map.mapped
+            ));
+        }
         for (g, &h) in map.table.iter().enumerate() {
             let g = g as u32;
             if self.is_mapped(space, g) != (h != NONE) {

@@ -208,7 +208,12 @@ impl Space {
     /// Adds the idle handles of this space (those entirely within a free chunk), except those
     /// overlapping granules `skip`, to `out`.
     pub fn idle_handles(&self, pool: &Pool, skip: Option<(u32, u32)>, out: &mut Vec<Idle>) {
-        for c in self.bfc.free_chunks(self.granule) {
+        // An idle handle is a whole granule or more of mapped memory without live data: a space
+        // with less mapped memory than that beyond what is live has none.
+        if pool.space_mapped_bytes(self.id) < self.bfc.stats_in_use_bytes() + self.granule {
+            return;
+        }
+        self.bfc.for_each_free(self.granule, |c| {
             let from = (c.addr - self.base).div_ceil(self.granule) as u32;
             let to = ((c.addr + c.size - self.base) / self.granule) as u32;
             pool.handles_within(self.id, from, to, |h| {
@@ -226,7 +231,7 @@ impl Space {
                     stamp: c.stamp,
                 });
             });
-        }
+        });
     }
 
     /// Maps physical memory under every unmapped granule of `g0..=g1`.

@@ -1,0 +1,116 @@
+//! Rendering the bench: one table of every trace and policy, one of the goals, and JSON lines.
+
+use super::{BenchRow, CPU_GOAL_NS, CPU_PEER, DRIVER_PEER, Goals, RATIO_GOAL, SUBJECT};
+use crate::units::nanos;
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Cell, CellAlignment, Table};
+use serde_json::{Map, Value, json};
+
+fn right(text: String) -> Cell {
+    Cell::new(text).set_alignment(CellAlignment::Right)
+}
+
+fn millis(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.1} ms", us / 1000.0)
+    }
+}
+
+/// Every trace and policy.
+pub fn table(rows: &[BenchRow]) -> Table {
+    let mut t = Table::new();
+    let vs = format!("CPU vs {CPU_PEER}");
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        "trace",
+        "policy",
+        "reserved / requested",
+        "driver calls per 1000 allocs",
+        "est. driver time",
+        "CPU per op",
+        vs.as_str(),
+    ]);
+    for r in rows {
+        let res = &r.result;
+        t.add_row(vec![
+            Cell::new(&res.trace),
+            Cell::new(&res.policy),
+            right(format!("{:.3}x", res.reserved_ratio())),
+            right(format!("{:.1}", r.calls_per_1000_allocs())),
+            right(millis(r.est_driver_us)),
+            right(nanos(res.ns_per_op)),
+            right(r.cpu_vs_peer.map_or("—".into(), |v| format!("{v:.2}x"))),
+        ]);
+    }
+    t
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "yes" } else { "NO" }
+}
+
+/// Whether the subject met each goal, per trace.
+pub fn goals_table(goals: &[Goals]) -> Table {
+    let mut t = Table::new();
+    let cpu = format!("CPU ≤ {CPU_GOAL_NS:.0} ns and < {CPU_PEER}");
+    let driver = format!("driver time ≤ {DRIVER_PEER}");
+    let ratio = format!("reserved ≤ {RATIO_GOAL}x");
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        "trace",
+        ratio.as_str(),
+        cpu.as_str(),
+        driver.as_str(),
+    ]);
+    for g in goals {
+        let peer_ns = g.peer_ns_per_op.map_or("—".into(), nanos);
+        let peer_us = g.peer_driver_us.map_or("—".into(), millis);
+        t.add_row(vec![
+            Cell::new(&g.trace),
+            Cell::new(format!("{} ({:.3}x)", mark(g.ratio_ok), g.ratio)),
+            Cell::new(format!(
+                "{} ({} vs {peer_ns})",
+                mark(g.cpu_ok),
+                nanos(g.ns_per_op)
+            )),
+            Cell::new(format!(
+                "{} ({} vs {peer_us})",
+                mark(g.driver_ok),
+                millis(g.est_driver_us)
+            )),
+        ]);
+    }
+    t
+}
+
+/// The heading of the goals table.
+pub fn goals_heading() -> String {
+    format!("Goals of `{SUBJECT}` per trace (peers measured in this run):")
+}
+
+/// One JSON object per trace and policy.
+pub fn json_line(r: &BenchRow) -> String {
+    let res = &r.result;
+    let calls: Map<String, Value> = res
+        .driver_calls
+        .iter()
+        .map(|(c, n)| (c.name().to_owned(), json!(n)))
+        .collect();
+    json!({
+        "trace": res.trace,
+        "policy": res.policy,
+        "allocs": res.allocs,
+        "ops": res.ops,
+        "peak_requested_bytes": res.peak_requested_bytes,
+        "peak_reserved_bytes": res.peak_reserved_bytes,
+        "reserved_ratio": res.reserved_ratio(),
+        "driver_calls": calls,
+        "driver_calls_per_1000_allocs": r.calls_per_1000_allocs(),
+        "est_driver_us": r.est_driver_us,
+        "ns_per_op": res.ns_per_op,
+        "ns_per_op_runs": res.ns_per_op_runs,
+        "cpu_vs_torch_native": r.cpu_vs_peer,
+        "ooms": res.ooms,
+    })
+    .to_string()
+}

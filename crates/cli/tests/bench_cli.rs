@@ -1,0 +1,121 @@
+//! `coalesce bench` as a user runs it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn coalesce(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coalesce"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .expect("run coalesce")
+}
+
+fn tiny_trace() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("coalesce-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.csv");
+    let mut csv = String::from("action,addr,size,stream\n");
+    // Blocks of 3-21 MB, each freed two allocations later, all freed by the end.
+    for i in 0..202u64 {
+        if i < 200 {
+            csv.push_str(&format!(
+                "alloc,{},{},0\n",
+                4096 * (i + 1),
+                (i % 7 + 1) * 3_000_000
+            ));
+        }
+        if i >= 2 {
+            csv.push_str(&format!("free_completed,{},{},0\n", 4096 * (i - 1), 0));
+        }
+    }
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+#[test]
+fn json_lines_carry_every_bench_figure_for_every_policy() {
+    let trace = tiny_trace();
+    let o = coalesce(&[
+        "bench",
+        "--only",
+        trace.to_str().unwrap(),
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let policies: Vec<&str> = lines
+        .iter()
+        .map(|l| l["policy"].as_str().unwrap())
+        .collect();
+    for p in [
+        "coalesce",
+        "torch-native",
+        "torch-expandable",
+        "cuda-malloc",
+    ] {
+        assert!(policies.contains(&p), "{p} missing from {policies:?}");
+    }
+    for l in &lines {
+        for key in [
+            "reserved_ratio",
+            "driver_calls_per_1000_allocs",
+            "est_driver_us",
+            "ns_per_op",
+            "cpu_vs_torch_native",
+        ] {
+            assert!(!l[key].is_null(), "{}: {key} missing", l["policy"]);
+        }
+        if l["policy"] == "torch-native" {
+            assert!((l["cpu_vs_torch_native"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+        }
+        if l["policy"] == "cuda-malloc" {
+            // One cuMemAlloc and one cuMemFree per request: the cost table's 85 us pair at most
+            // a little more for these sizes.
+            let per_alloc = l["est_driver_us"].as_f64().unwrap() / 200.0;
+            assert!((84.0..100.0).contains(&per_alloc), "{per_alloc}");
+        }
+    }
+}
+
+#[test]
+fn the_goal_table_judges_coalesce_against_its_peers() {
+    let trace = tiny_trace();
+    let o = coalesce(&["bench", "--only", trace.to_str().unwrap(), "--repeats", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "Goals of `coalesce`",
+        "reserved ≤ 1.02x",
+        "CPU ≤ 100 ns and < torch-native",
+        "driver time ≤ torch-expandable",
+        "tiny",
+    ] {
+        assert!(out.contains(needle), "lacks {needle:?}:\n{out}");
+    }
+}
+
+#[test]
+fn a_cost_table_missing_a_call_is_refused_with_exit_2() {
+    let dir = std::env::temp_dir().join(format!("coalesce-bench-costs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let costs = dir.join("costs.json");
+    std::fs::write(
+        &costs,
+        r#"{"calls": {"mem_alloc": {"us": 1, "us_per_mib": 0, "source": "x"}}}"#,
+    )
+    .unwrap();
+    let o = coalesce(&["bench", "--only", "--costs", costs.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no cost for mem_free"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
