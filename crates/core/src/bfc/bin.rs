@@ -102,18 +102,18 @@ impl Bin {
     }
 
     /// The first entry not below `key` (in order, at most `limit` looked at) that `pred`
-    /// accepts; also returns how many were looked at.
+    /// accepts (given the key and the chunk); also returns how many were looked at.
     #[inline]
     pub fn find_from(
         &self,
         key: FreeKey,
         limit: usize,
-        mut pred: impl FnMut(FreeKey) -> bool,
+        mut pred: impl FnMut(FreeKey, u32) -> bool,
     ) -> (Option<(FreeKey, u32)>, usize) {
         let mut seen = 0;
         let mut visit = |(k, c): (FreeKey, u32)| {
             seen += 1;
-            pred(k).then_some((k, c))
+            pred(k, c).then_some((k, c))
         };
         let hit = match self {
             Bin::Vec(v) => v[v.partition_point(|e| e.0 < key)..]

@@ -89,13 +89,13 @@ impl FreeBins {
     }
 
     /// The first free chunk of at least `size` bytes, in best-fit order and among the first
-    /// `limit` such chunks, whose `(size, addr)` `pred` accepts. No allocation, no boxing:
-    /// callers use it on the allocation path.
+    /// `limit` such chunks, that `pred` accepts (given `(size, addr)` and the chunk). No
+    /// allocation, no boxing: callers use it on the allocation path.
     pub fn find_fit(
         &self,
         size: u64,
         limit: usize,
-        mut pred: impl FnMut(FreeKey) -> bool,
+        mut pred: impl FnMut(FreeKey, u32) -> bool,
     ) -> Option<(FreeKey, u32)> {
         let first = self.bin_for(size);
         let (hit, mut seen) = self.bins[first].find_from((size, 0), limit, &mut pred);

@@ -242,7 +242,7 @@ impl Bfc {
         mut pred: impl FnMut(u64) -> bool,
     ) -> Option<ChunkId> {
         self.bins
-            .find_fit(rounded, limit, |(_, addr)| pred(addr))
+            .find_fit(rounded, limit, |(_, addr), _| pred(addr))
             .map(|(_, c)| ChunkId(c))
     }
 
