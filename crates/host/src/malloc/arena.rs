@@ -111,8 +111,9 @@ pub(crate) fn owner(addr: usize) -> Owner {
 /// Records or clears a huge mapping in the table (every 1 GiB slot it covers).
 pub(crate) fn set_huge(base: usize, len: usize, present: bool) {
     let v = if present { base | HUGE_TAG } else { 0 };
-    for slot in (base >> ARENA_ORDER)..=((base + len - 1) >> ARENA_ORDER) {
-        TABLE[slot].store(v, Ordering::Release);
+    let slots = (base >> ARENA_ORDER)..=((base + len - 1) >> ARENA_ORDER);
+    for slot in &TABLE[slots] {
+        slot.store(v, Ordering::Release);
     }
 }
 

@@ -121,12 +121,21 @@ pub(crate) unsafe fn give(class: usize, chain: Chain) {
         c.parked += 1;
         return;
     }
+    // SAFETY: caller contract.
+    unsafe { return_chain(&mut c, chain) };
+}
+
+/// Returns every object of `chain` to its span.
+///
+/// # Safety
+/// The chain holds free objects of the class whose lock `c` is.
+unsafe fn return_chain(c: &mut CentralInner, chain: Chain) {
     let mut n = chain.head;
     for _ in 0..chain.len {
-        // SAFETY: n is an object of the chain (caller contract); read its link before reuse.
+        // SAFETY: n is an object of the chain; read its link before the span reuses it.
         let next = unsafe { (*n).next };
-        // SAFETY: as above.
-        unsafe { return_to_span(&mut c, n) };
+        // SAFETY: caller contract.
+        unsafe { return_to_span(c, n) };
         n = next;
     }
 }
@@ -213,6 +222,20 @@ pub(crate) fn lock_all(lock: bool) {
         } else {
             // SAFETY: called in the parent or child after `lock_all(true)` took every lock.
             unsafe { c.0.raw_unlock() };
+        }
+    }
+}
+
+/// Returns every parked batch to its spans (releasing spans that become empty), so that
+/// memory held only by transfer slots can go back to the page heap and then to the OS.
+pub(crate) fn drain_all() {
+    for central in &CENTRAL {
+        let mut c = central.0.lock();
+        while c.parked > 0 {
+            c.parked -= 1;
+            let chain = c.transfer[c.parked];
+            // SAFETY: parked chains hold free objects of this class; we hold its lock.
+            unsafe { return_chain(&mut c, chain) };
         }
     }
 }

@@ -45,8 +45,8 @@ unsafe impl GlobalAlloc for CoalesceAlloc {
         let new_class = class_for(new_size, align);
         let keep = match (old_class, new_class) {
             (Some(a), Some(b)) => a == b,
-            // SAFETY: ptr is a live large or huge block of this allocator.
             (None, None) => {
+                // SAFETY: ptr is a live large or huge block of this allocator.
                 let usable = unsafe { super::usable_size(ptr) };
                 new_size <= usable && new_size >= usable / 2
             }

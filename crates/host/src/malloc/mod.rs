@@ -171,7 +171,7 @@ pub fn check_live(p: *const u8) -> Result<usize, PointerError> {
         Owner::Small { span, class } => {
             // SAFETY: `start` and `obj_size` of a live span are fixed while it holds objects.
             let (start, size) = unsafe { ((*span).start, (*span).obj_size as usize) };
-            if (addr - start) % size == 0 {
+            if (addr - start).is_multiple_of(size) {
                 Ok(CLASS_SIZE[class] as usize)
             } else {
                 Err(PointerError::Interior(addr))
@@ -197,8 +197,13 @@ pub fn stats() -> MallocStats {
     stats::snapshot()
 }
 
-/// Returns every free page-heap granule to the OS now, regardless of the purge delay.
+/// Returns all cached memory that can go back to the OS now, regardless of the purge delay:
+/// the calling thread's cache and the central transfer slots go back to their spans (spans
+/// that become empty go back to the page heap), then every free page-heap granule is purged.
+/// Other threads' caches are untouched.
 pub fn purge_all() {
+    thread_cache::flush_current_thread();
+    central::drain_all();
     for a in arena::arenas() {
         let mut heap = a.heap.lock();
         let heap = &mut *heap;

@@ -89,7 +89,7 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     if align > 4096 {
         return None;
     }
-    (c..NUM_CLASSES).find(|&c| CLASS_SIZE[c] as usize % align == 0)
+    (c..NUM_CLASSES).find(|&c| (CLASS_SIZE[c] as usize).is_multiple_of(align))
 }
 
 /// Page-heap order (log2 bytes) of the spans a class is carved from: at least 64 KiB and
@@ -151,9 +151,9 @@ mod tests {
             for size in (0..=SMALL_MAX).step_by(7) {
                 if let Some(c) = class_for(size, align) {
                     let s = CLASS_SIZE[c] as usize;
-                    assert!(s >= size && (s % align == 0 || (align <= 8 && c == 0)));
+                    assert!(s >= size && (s.is_multiple_of(align) || (align <= 8 && c == 0)));
                     let span = 1usize << span_order(c);
-                    assert!(span % align == 0);
+                    assert!(span.is_multiple_of(align));
                 }
             }
         }
@@ -162,8 +162,8 @@ mod tests {
 
     #[test]
     fn spans_hold_at_least_eight_objects_and_batches_are_bounded() {
-        for c in 0..NUM_CLASSES {
-            assert!((1usize << span_order(c)) / CLASS_SIZE[c] as usize >= 8);
+        for (c, &size) in CLASS_SIZE.iter().enumerate() {
+            assert!((1usize << span_order(c)) / size as usize >= 8);
             assert!((2..=64).contains(&batch_size(c)));
         }
     }

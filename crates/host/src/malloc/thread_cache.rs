@@ -188,7 +188,8 @@ fn init_thread() -> *mut ThreadCache {
     if tc.is_null() {
         return tc;
     }
-    key.set(tc.cast());
+    // SAFETY: the cache stays this thread's until the destructor gives it back.
+    unsafe { key.set(tc.cast()) };
     CACHE.set(tc);
     tc
 }

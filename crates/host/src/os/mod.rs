@@ -17,7 +17,7 @@ pub const PAGE: usize = 4096;
 /// Maps `size` bytes (a multiple of [`PAGE`]) of zeroed, private, read-write memory.
 /// `MAP_NORESERVE`: the pages cost nothing until touched. `None` when the kernel refuses.
 pub fn map(size: usize) -> Option<NonNull<u8>> {
-    debug_assert!(size > 0 && size % PAGE == 0);
+    debug_assert!(size > 0 && size.is_multiple_of(PAGE));
     // SAFETY: an anonymous private mapping with a null hint touches no existing memory.
     let p = unsafe {
         libc::mmap(

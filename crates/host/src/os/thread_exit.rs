@@ -18,8 +18,11 @@ impl ThreadExitKey {
     }
 
     /// Makes `dtor(value)` run when the calling thread exits (if `value` is non-null).
-    pub fn set(&self, value: *mut c_void) {
-        // SAFETY: the key was created by pthread_key_create; any pointer value is allowed.
+    ///
+    /// # Safety
+    /// `value` must stay valid for the destructor until the thread exits.
+    pub unsafe fn set(&self, value: *mut c_void) {
+        // SAFETY: the key was created by pthread_key_create; the value is only stored.
         unsafe {
             libc::pthread_setspecific(self.0, value);
         }
