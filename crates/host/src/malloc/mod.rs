@@ -28,6 +28,7 @@ pub mod size_class;
 mod span;
 mod stats;
 mod thread_cache;
+mod tls;
 
 pub use global::CoalesceAlloc;
 pub use large::LARGE_MAX;

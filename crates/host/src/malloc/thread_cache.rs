@@ -8,9 +8,10 @@
 //!
 //! # Thread-local state inside a malloc
 //!
-//! The only thread-local is a `const`-initialised `Cell<*mut ThreadCache>` with no destructor:
-//! it compiles to a plain TLS slot, never registers anything and never allocates, so it is
-//! safe when this allocator *is* the C `malloc` (LD_PRELOAD). Its states:
+//! The only thread-local is one pointer-sized slot without a destructor ([`super::tls`]: an
+//! initial-exec TLS variable, or a `const` `thread_local!`); it never registers anything and
+//! never allocates, so it is safe when this allocator *is* the C `malloc` (LD_PRELOAD).
+//! Its states:
 //! - null: not initialised yet; the first call runs [`init_thread`];
 //! - [`DEAD`]: initialising (re-entrancy guard) or the thread's cache was already flushed at
 //!   thread exit; calls go straight to the central lists, under their locks;
@@ -23,8 +24,8 @@
 use super::central::{self, Chain};
 use super::size_class::{NUM_CLASSES, batch_size};
 use super::span::Node;
+use super::tls;
 use crate::os::{self, Lock, ThreadExitKey};
-use std::cell::Cell;
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::OnceLock;
@@ -32,9 +33,19 @@ use std::sync::OnceLock;
 /// The slot value of a thread that must use the central lists directly.
 const DEAD: usize = 1;
 
-thread_local! {
-    static CACHE: Cell<*mut ThreadCache> = const { Cell::new(ptr::null_mut()) };
+/// The thread's slot (see [`super::tls`]).
+struct Cache;
+impl Cache {
+    #[inline(always)]
+    fn get(&self) -> *mut ThreadCache {
+        tls::get()
+    }
+    #[inline(always)]
+    fn set(&self, p: *mut ThreadCache) {
+        tls::set(p)
+    }
 }
+static CACHE: Cache = Cache;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
