@@ -14,3 +14,5 @@
 pub mod buddy;
 pub mod malloc;
 pub mod os;
+pub mod pool;
+pub mod slab;
