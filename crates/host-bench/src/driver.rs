@@ -268,10 +268,9 @@ pub fn run(o: &Options) -> Result<()> {
     let rows: Vec<(String, BTreeMap<&str, f64>)> = samples
         .into_iter()
         .map(|((label, metric), per)| {
-            let row = if metric.starts_with("pair_") {
-                format!("{label} 2^{}", &metric[5..])
-            } else {
-                label
+            let row = match metric.strip_prefix("pair_") {
+                Some(k) => format!("{label} 2^{k}"),
+                None => label,
             };
             (row, per.into_iter().map(|(a, v)| (a, median(v))).collect())
         })

@@ -82,6 +82,8 @@ impl Arena {
     }
 
     /// Moves `value` into the arena. Its destructor will never run.
+    // Like bumpalo: each call returns a fresh, disjoint region, so `&self -> &mut` is sound.
+    #[allow(clippy::mut_from_ref)]
     pub fn alloc_value<T>(&self, value: T) -> Option<&mut T> {
         let p = self.alloc(Layout::new::<T>())?.cast::<T>();
         // SAFETY: fresh, aligned, exclusively ours until reset, which takes &mut self and so
@@ -93,6 +95,7 @@ impl Arena {
     }
 
     /// Copies `src` into the arena.
+    #[allow(clippy::mut_from_ref)] // fresh, disjoint region per call, as in alloc_value
     pub fn alloc_slice<T: Copy>(&self, src: &[T]) -> Option<&mut [T]> {
         let p = self.alloc(Layout::for_value(src))?.cast::<T>();
         // SAFETY: as in alloc_value; the regions cannot overlap (the arena's is fresh).

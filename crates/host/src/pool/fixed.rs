@@ -130,7 +130,7 @@ impl FixedPool {
         let ch = &self.chunks[c];
         let off = addr - ch.base;
         let i = off / self.block;
-        (off % self.block == 0 && i < ch.carved).then_some((c, i))
+        (off.is_multiple_of(self.block) && i < ch.carved).then_some((c, i))
     }
 
     /// Returns a block. Foreign pointers and double frees are reported and change nothing.

@@ -429,6 +429,8 @@ impl<T: Send + 'static> Inner<T> {
         Some(slab)
     }
 
+    // The lists lock (held by every caller) is what makes this `&mut` unique.
+    #[allow(clippy::mut_from_ref)]
     fn header(&self, slab: usize) -> &mut Header {
         // SAFETY: `slab` is a live slab of this cache and the caller holds the lists lock,
         // which guards every non-atomic header field.
