@@ -193,12 +193,15 @@ fn remote_frees_from_many_threads_keep_the_cache_consistent() {
                     } else {
                         tx.send(p.as_ptr() as usize).unwrap();
                     }
-                    if i % 2 == 0 {
-                        if let Ok(a) = rx.lock().unwrap().try_recv() {
-                            cache
-                                .free_raw(NonNull::new(a as *mut Obj).unwrap())
-                                .unwrap();
-                        }
+                    let received = if i % 2 == 0 {
+                        rx.lock().unwrap().try_recv().ok()
+                    } else {
+                        None
+                    };
+                    if let Some(a) = received {
+                        cache
+                            .free_raw(NonNull::new(a as *mut Obj).unwrap())
+                            .unwrap();
                     }
                 }
             })
