@@ -318,6 +318,75 @@ impl<S: BuddyStorage> Buddy<S> {
         Some(self.base + off)
     }
 
+    // ------------------------------------------------------------------ exact sizes
+
+    /// Allocates `size` bytes rounded up to whole smallest blocks rather than to a power of
+    /// two (Linux's `alloc_pages_exact`): takes a block of the next order, keeps its head as
+    /// the allocation (recorded as the power-of-two blocks of its binary decomposition) and
+    /// frees the unused tail at once. Returns `(addr, rounded size)`; the address is aligned
+    /// to the next power of two of the size. Free it with [`Buddy::free_exact`].
+    pub fn alloc_exact(&mut self, size: u64) -> Option<(u64, u64)> {
+        let k = self.order_for(size)?;
+        let unit = 1u64 << self.min_order;
+        let keep = size.max(1).div_ceil(unit) * unit;
+        let addr = self.alloc_order(k)?;
+        if keep == 1 << k {
+            return Some((addr, keep));
+        }
+        let off = addr - self.base;
+        // Re-record the head as its decomposition...
+        self.put_used(k, off, false);
+        self.used_blocks[k as usize] -= 1;
+        for (o, j) in Self::head_parts(off, keep) {
+            self.put_used(j, o, true);
+            self.used_blocks[j as usize] += 1;
+        }
+        // ...and free the tail. Its blocks' buddies lie in the head, so nothing merges.
+        let mut o = off + keep;
+        while o < off + (1 << k) {
+            let j = o.trailing_zeros().min(k);
+            self.mark_free(j, o);
+            o += 1 << j;
+        }
+        self.in_use -= (1 << k) - keep;
+        Some((addr, keep))
+    }
+
+    /// The blocks `(offset, order)` that make up `[off, off + len)` for an `off` aligned to
+    /// the next power of two of `len`: one per set bit of `len`, largest first.
+    fn head_parts(off: u64, len: u64) -> impl Iterator<Item = (u64, u32)> {
+        (0..64u32)
+            .rev()
+            .filter(move |b| len >> b & 1 == 1)
+            .scan(off, |at, b| {
+                let part = (*at, b);
+                *at += 1 << b;
+                Some(part)
+            })
+    }
+
+    /// Frees an allocation made by [`Buddy::alloc_exact`] with its rounded `size`. Every part
+    /// is checked before anything changes; a part that is not an allocated block of the
+    /// expected order is [`BuddyError::NotAllocated`]. The buddy does not remember sizes: a
+    /// `size` whose parts are a prefix of the real allocation's frees just those parts, so
+    /// owners keep the size (the host malloc keeps it in its pagemap).
+    pub fn free_exact(&mut self, addr: u64, size: u64) -> Result<u64, BuddyError> {
+        let err = BuddyError::NotAllocated(addr);
+        let off = addr.checked_sub(self.base).ok_or(err.clone())?;
+        let unit = 1u64 << self.min_order;
+        if size == 0 || size % unit != 0 || off.checked_add(size).is_none_or(|e| e > self.size) {
+            return Err(err);
+        }
+        let ok = Self::head_parts(off, size).all(|(o, j)| self.allocated_order(self.base + o) == Some(j));
+        if !ok {
+            return Err(err);
+        }
+        for (o, _) in Self::head_parts(off, size) {
+            self.free(self.base + o)?;
+        }
+        Ok(size)
+    }
+
     // ------------------------------------------------------------------ free
 
     /// The order of the allocated block that starts at `addr`, if there is one.

@@ -90,6 +90,23 @@ fn ranges_that_are_not_powers_of_two_are_tiled_and_never_merge_past_the_end() {
 }
 
 #[test]
+fn exact_allocations_give_their_tail_back() {
+    let mut b = Buddy::new(0, 1 << 20, 12, 20).unwrap();
+    let (a, size) = b.alloc_exact(5 * 4096 - 100).unwrap();
+    assert_eq!((a, size), (0, 5 * 4096), "rounded to whole units, not to 32 KiB");
+    checked(&b);
+    assert_eq!(b.stats().in_use_bytes, 5 * 4096);
+    // The tail (units 5, 6-7) is free and reusable.
+    assert_eq!(b.alloc(4096), Some((5 * 4096, 4096)));
+    assert_eq!(b.alloc(8192), Some((6 * 4096, 8192)));
+    assert_eq!(b.free_exact(a, 3 * 4096), Err(BuddyError::NotAllocated(a)), "wrong size");
+    assert_eq!(b.free(a + 4 * 4096), Ok(4096), "parts are ordinary blocks underneath");
+    assert_eq!(b.free_exact(a, 5 * 4096), Err(BuddyError::NotAllocated(a)), "a part is gone");
+    b.free(a).unwrap();
+    checked(&b);
+}
+
+#[test]
 fn too_large_and_bad_configs() {
     let mut b = Buddy::new(0, 1 << 20, 12, 18).unwrap();
     assert_eq!(
@@ -170,6 +187,26 @@ impl Model {
         Some((off, 1 << k))
     }
 
+    /// Reference for `alloc_exact`: the power-of-two block, then the head re-recorded as one
+    /// live block per set bit of the rounded size, the tail freed unit by aligned unit.
+    fn alloc_exact(&mut self, size: u64) -> Option<(u64, u64)> {
+        let unit = 1u64 << self.min;
+        let keep = size.max(1).div_ceil(unit) * unit;
+        let (off, block) = self.alloc(size)?;
+        self.live.remove(&off);
+        let mut at = off;
+        for b in (0..64).rev().filter(|b| keep >> b & 1 == 1) {
+            self.live.insert(at, b);
+            at += 1 << b;
+        }
+        while at < off + block {
+            let j = at.trailing_zeros();
+            self.free.entry(j).or_default().insert(at);
+            at += 1 << j;
+        }
+        Some((off, keep))
+    }
+
     fn free(&mut self, off: u64) -> Option<u64> {
         let k = self.live.remove(&off)?;
         let (mut off, mut j) = (off, k);
@@ -189,6 +226,7 @@ impl Model {
 #[derive(Clone, Debug)]
 enum Op {
     Alloc(u64),
+    AllocExact(u64),
     /// Free the i-th live block (mod count).
     Free(usize),
     /// Free an address that may or may not be a live block start.
@@ -197,7 +235,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (0u64..70_000).prop_map(Op::Alloc),
+        4 => (0u64..70_000).prop_map(Op::Alloc),
+        2 => (0u64..70_000).prop_map(Op::AllocExact),
         4 => any::<usize>().prop_map(Op::Free),
         1 => (0u64..300_000).prop_map(Op::FreeRaw),
     ]
@@ -229,6 +268,16 @@ proptest! {
                     if let Some((a, s)) = got {
                         prop_assert!(s >= n && (a - base) % s == 0);
                         live.push(a);
+                    }
+                }
+                Op::AllocExact(n) => {
+                    let got = b.alloc_exact(n);
+                    let want = m.alloc_exact(n).map(|(o, s)| (base + o, s));
+                    prop_assert_eq!(got, want);
+                    if let Some((a, s)) = got {
+                        prop_assert!(s >= n && s % (1 << min) == 0 && s - n.max(1) < 1 << min);
+                        // Freed as its parts (the same API a caller would misuse).
+                        live.extend(m.live.range(a - base..a - base + s).map(|(&o, _)| base + o));
                     }
                 }
                 Op::Free(i) if !live.is_empty() => {
