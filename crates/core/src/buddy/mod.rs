@@ -377,7 +377,8 @@ impl<S: BuddyStorage> Buddy<S> {
         if size == 0 || size % unit != 0 || off.checked_add(size).is_none_or(|e| e > self.size) {
             return Err(err);
         }
-        let ok = Self::head_parts(off, size).all(|(o, j)| self.allocated_order(self.base + o) == Some(j));
+        let ok = Self::head_parts(off, size)
+            .all(|(o, j)| self.allocated_order(self.base + o) == Some(j));
         if !ok {
             return Err(err);
         }
@@ -443,6 +444,12 @@ impl<S: BuddyStorage> Buddy<S> {
     }
 
     // ------------------------------------------------------------------ stats
+
+    /// Bytes in allocated blocks (O(1)).
+    #[inline]
+    pub fn in_use_bytes(&self) -> u64 {
+        self.in_use
+    }
 
     /// Size of the largest free block (0 when none), from the order mask.
     #[inline]

@@ -93,15 +93,31 @@ fn ranges_that_are_not_powers_of_two_are_tiled_and_never_merge_past_the_end() {
 fn exact_allocations_give_their_tail_back() {
     let mut b = Buddy::new(0, 1 << 20, 12, 20).unwrap();
     let (a, size) = b.alloc_exact(5 * 4096 - 100).unwrap();
-    assert_eq!((a, size), (0, 5 * 4096), "rounded to whole units, not to 32 KiB");
+    assert_eq!(
+        (a, size),
+        (0, 5 * 4096),
+        "rounded to whole units, not to 32 KiB"
+    );
     checked(&b);
     assert_eq!(b.stats().in_use_bytes, 5 * 4096);
     // The tail (units 5, 6-7) is free and reusable.
     assert_eq!(b.alloc(4096), Some((5 * 4096, 4096)));
     assert_eq!(b.alloc(8192), Some((6 * 4096, 8192)));
-    assert_eq!(b.free_exact(a, 3 * 4096), Err(BuddyError::NotAllocated(a)), "wrong size");
-    assert_eq!(b.free(a + 4 * 4096), Ok(4096), "parts are ordinary blocks underneath");
-    assert_eq!(b.free_exact(a, 5 * 4096), Err(BuddyError::NotAllocated(a)), "a part is gone");
+    assert_eq!(
+        b.free_exact(a, 3 * 4096),
+        Err(BuddyError::NotAllocated(a)),
+        "wrong size"
+    );
+    assert_eq!(
+        b.free(a + 4 * 4096),
+        Ok(4096),
+        "parts are ordinary blocks underneath"
+    );
+    assert_eq!(
+        b.free_exact(a, 5 * 4096),
+        Err(BuddyError::NotAllocated(a)),
+        "a part is gone"
+    );
     b.free(a).unwrap();
     checked(&b);
 }

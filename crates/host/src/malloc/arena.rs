@@ -1,13 +1,13 @@
-//! Arenas: 1 GiB-aligned ranges of OS pages, each managed by a core [`Buddy`] with 64 KiB
+//! Arenas: 1 GiB-aligned ranges of OS pages, each managed by a core [`Buddy`] with 8 KiB
 //! granules, plus the global table that maps any address to its arena or huge mapping.
 //!
 //! # Model
 //!
 //! ```text
 //!  TABLE[addr >> 30] ──> Arena header (separate mapping)        or  huge mapping base | 1
-//!                          ├─ pagemap[granule]: 0 | span record | class | order, LARGE
+//!                          ├─ pagemap[granule]: 0 | span record | class | granules, LARGE
 //!                          ├─ spans[granule]: span record of the span starting there
-//!                          └─ heap (locked): buddy of orders 16..=30 + purge bitmaps
+//!                          └─ heap (locked): buddy of orders 13..=30 + purge bitmaps
 //! ```
 //!
 //! Invariants: a pagemap entry is non-zero exactly for the granules of a small span (all of
@@ -22,7 +22,7 @@ use coalesce_core::buddy::Buddy;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-pub(crate) const GRANULE_ORDER: u32 = 16;
+pub(crate) const GRANULE_ORDER: u32 = 13;
 pub(crate) const ARENA_ORDER: u32 = 30;
 pub(crate) const GRANULES: usize = 1 << (ARENA_ORDER - GRANULE_ORDER);
 const ARENA_SIZE: usize = 1 << ARENA_ORDER;
@@ -31,7 +31,7 @@ const TABLE_SLOTS: usize = 1 << (47 - ARENA_ORDER);
 /// Most arenas (256 GiB of page heap); huge mappings are not counted here.
 const MAX_ARENAS: usize = 256;
 
-/// Pagemap tag of a large block's first granule: `order << 6 | LARGE_TAG`.
+/// Pagemap tag of a large block's first granule: `granules << 6 | LARGE_TAG`.
 pub(crate) const LARGE_TAG: usize = 63;
 /// Table tag of a huge mapping: `base | HUGE_TAG`.
 pub(crate) const HUGE_TAG: usize = 1;
@@ -66,8 +66,11 @@ unsafe impl Sync for Arena {}
 pub(crate) enum Owner {
     /// An object of a small span.
     Small { span: *mut Span, class: usize },
-    /// The first byte of a large block of order `order`.
-    Large { arena: *const Arena, order: u32 },
+    /// The first byte of a large block of `granules` granules.
+    Large {
+        arena: *const Arena,
+        granules: usize,
+    },
     /// Somewhere in a huge mapping that starts at `base`.
     Huge { base: usize },
     /// Not ours (or not a block start in a large block, or freed).
@@ -98,7 +101,7 @@ pub(crate) fn owner(addr: usize) -> Owner {
         0 => Owner::Unknown,
         LARGE_TAG if addr & ((1 << GRANULE_ORDER) - 1) == 0 => Owner::Large {
             arena,
-            order: (e >> 6) as u32,
+            granules: e >> 6,
         },
         LARGE_TAG => Owner::Unknown,
         tag => Owner::Small {
@@ -201,16 +204,19 @@ pub(crate) fn arena_of(addr: usize) -> Option<&'static Arena> {
     (t != 0 && t & HUGE_TAG == 0).then(|| unsafe { &*(t as *const Arena) })
 }
 
-/// Allocates a page-heap block of order `k` (16..=30) from the first arena with room,
-/// growing the heap by one arena when none has. The caller publishes pagemap entries before
-/// handing the block out (nobody else can free it before that).
-pub(crate) fn alloc_block(k: u32) -> Option<(&'static Arena, usize)> {
+/// Allocates `bytes` (a multiple of the granule) from the first arena with room, growing the
+/// heap by one arena when none has: an exact allocation (the unused tail of the power-of-two
+/// block goes straight back), aligned to the next power of two of `bytes`. The caller
+/// publishes pagemap entries before handing the block out (nobody can free it before that).
+pub(crate) fn alloc_block(bytes: usize) -> Option<(&'static Arena, usize)> {
     loop {
         let seen = ARENA_COUNT.load(Ordering::Acquire);
         for a in arenas() {
             let mut heap = a.heap.lock();
-            if let Some(addr) = heap.buddy.alloc_order(k) {
+            if let Some((addr, _)) = heap.buddy.alloc_exact(bytes as u64) {
                 let heap = &mut *heap;
+                heap.purge
+                    .note_allocated(&heap.buddy, a.base, addr as usize, bytes);
                 heap.purge.maybe_sweep(&heap.buddy, a.base);
                 return Some((a, addr as usize));
             }
@@ -221,14 +227,14 @@ pub(crate) fn alloc_block(k: u32) -> Option<(&'static Arena, usize)> {
     }
 }
 
-/// Frees the page-heap block at `addr` of `arena`, clearing `granules` pagemap entries first
-/// and remembering the block as dirty for the purge policy.
-pub(crate) fn free_block(arena: &Arena, addr: usize, granules: usize) {
+/// Frees the `bytes`-long page-heap block at `addr` of `arena`, clearing `map_granules`
+/// pagemap entries first and remembering the block as dirty for the purge policy.
+pub(crate) fn free_block(arena: &Arena, addr: usize, bytes: usize, map_granules: usize) {
     let mut heap = arena.heap.lock();
-    arena.set_pagemap(addr, granules, 0);
+    arena.set_pagemap(addr, map_granules, 0);
     let heap = &mut *heap;
-    if let Ok(size) = heap.buddy.free(addr as u64) {
-        heap.purge.note_freed(arena.base, addr, size as usize);
+    if heap.buddy.free_exact(addr as u64, bytes as u64).is_ok() {
+        heap.purge.note_freed(arena.base, addr, bytes);
         heap.purge.maybe_sweep(&heap.buddy, arena.base);
     }
 }

@@ -194,7 +194,7 @@ fn unlink(c: &mut CentralInner, span: *mut Span) {
 fn new_span(class: usize) -> Option<*mut Span> {
     let k = span_order(class);
     let granules = 1usize << (k - GRANULE_ORDER);
-    let (a, addr) = arena::alloc_block(k)?;
+    let (a, addr) = arena::alloc_block(1 << k)?;
     let record = a.span_record(addr);
     // SAFETY: the record slot of a block just allocated is unused; the class lock we hold
     // guards it from now on.
@@ -211,7 +211,8 @@ fn release_span(s: &mut Span) {
     };
     STATS.spans.fetch_sub(1, Relaxed);
     STATS.span_bytes.fetch_sub(1 << s.order, Relaxed);
-    arena::free_block(arena, s.start, 1 << (s.order as u32 - GRANULE_ORDER));
+    let granules = 1 << (s.order as u32 - GRANULE_ORDER);
+    arena::free_block(arena, s.start, 1 << s.order, granules);
 }
 
 /// Raw lock/unlock of every central list, for the `fork` handlers.

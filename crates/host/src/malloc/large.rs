@@ -1,45 +1,65 @@
-//! Large allocations (above the size classes, up to [`LARGE_MAX`]): one page-heap block each,
-//! a power of two of at least 64 KiB, aligned to its size. Huge ones are mapped directly.
+//! Large allocations (above the size classes, up to [`LARGE_MAX`]): one exact page-heap
+//! allocation each, rounded up to whole 8 KiB granules (not to a power of two: the buddy
+//! gives the unused tail back at once) and aligned to the next power of two of its size.
+//! Huge ones are mapped directly.
 
-use super::arena::{self, Arena, GRANULE_ORDER, LARGE_TAG};
+use super::arena::{self, GRANULE_ORDER, LARGE_TAG};
 use super::stats::STATS;
+use super::thread_cache;
 use crate::os;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Largest request served from the page heap (64 MiB); larger ones are huge.
 pub const LARGE_MAX: usize = 64 << 20;
-const LARGE_MAX_ORDER: u32 = LARGE_MAX.trailing_zeros();
 
-/// The block order for `size` bytes at `align`, or `None` if it must be huge.
+/// The page-heap bytes for `size` bytes at `align`, or `None` if it must be huge. An
+/// alignment above the size's own power of two takes a whole block of `align` bytes.
 #[inline]
-pub(crate) fn order_for(size: usize, align: usize) -> Option<u32> {
-    let need = size
-        .max(align)
-        .max(1 << GRANULE_ORDER)
-        .checked_next_power_of_two()?;
-    let k = need.trailing_zeros();
-    (k <= LARGE_MAX_ORDER).then_some(k)
+pub(crate) fn bytes_for(size: usize, align: usize) -> Option<usize> {
+    let g = 1usize << GRANULE_ORDER;
+    let bytes = size.max(1).checked_next_multiple_of(g)?;
+    let bytes = if align > bytes.next_power_of_two() {
+        align
+    } else {
+        bytes
+    };
+    (bytes <= LARGE_MAX).then_some(bytes)
 }
 
-/// Allocates a block of order `k`; null when the OS refuses memory.
-pub(crate) fn alloc(k: u32) -> *mut u8 {
-    let Some((a, addr)) = arena::alloc_block(k) else {
+/// Allocates `bytes` (from [`bytes_for`]): a block the thread cached if it has one of this
+/// size, else from the page heap; null when the OS refuses memory.
+pub(crate) fn alloc(bytes: usize) -> *mut u8 {
+    if let Some(p) = thread_cache::take_large(bytes) {
+        return p;
+    }
+    let Some((a, addr)) = arena::alloc_block(bytes) else {
         return std::ptr::null_mut();
     };
-    a.set_pagemap(addr, 1, (k as usize) << 6 | LARGE_TAG);
+    a.set_pagemap(addr, 1, (bytes >> GRANULE_ORDER) << 6 | LARGE_TAG);
     STATS.large_blocks.fetch_add(1, Relaxed);
-    STATS.large_bytes.fetch_add(1 << k, Relaxed);
+    STATS.large_bytes.fetch_add(bytes, Relaxed);
     addr as *mut u8
 }
 
-/// Frees the large block at `p`.
+/// Frees the large block at `p`: into the thread's large-block cache (up to 4 blocks, 8 MiB),
+/// which may evict another block to the page heap, or to the page heap directly.
 ///
 /// # Safety
-/// `p` is a live large block of order `k` in `arena`, not used afterwards.
-pub(crate) unsafe fn free(arena: &Arena, p: *mut u8, k: u32) {
+/// `p` is a live large block of `granules` granules, not used afterwards.
+pub(crate) unsafe fn free(p: *mut u8, granules: usize) {
+    if let Some((addr, bytes)) = thread_cache::keep_large(p as usize, granules << GRANULE_ORDER) {
+        free_to_heap(addr, bytes);
+    }
+}
+
+/// Gives a large block back to its arena's page heap.
+pub(crate) fn free_to_heap(addr: usize, bytes: usize) {
+    let Some(arena) = arena::arena_of(addr) else {
+        return;
+    };
     STATS.large_blocks.fetch_sub(1, Relaxed);
-    STATS.large_bytes.fetch_sub(1 << k, Relaxed);
-    arena::free_block(arena, p as usize, 1);
+    STATS.large_bytes.fetch_sub(bytes, Relaxed);
+    arena::free_block(arena, addr, bytes, 1);
 }
 
 // ------------------------------------------------------------------ huge

@@ -3,14 +3,14 @@
 //! # Layers (bottom-up)
 //!
 //! - [`crate::os`]: mmap/munmap/madvise, a futex lock, thread-exit keys.
-//! - [`arena`]: 1 GiB arenas of OS pages, each a core buddy with 64 KiB granules (the *page
+//! - [`arena`]: 1 GiB arenas of OS pages, each a core buddy with 8 KiB granules (the *page
 //!   heap*), a pagemap from granule to owner, and a global table from address to arena.
 //! - [`span`], [`central`]: small objects are carved from spans (page-heap blocks of one size
 //!   class, see [`size_class`]); each class has a central list (partial spans + transfer
 //!   slots of whole batches) behind one lock.
 //! - [`thread_cache`]: per-thread LIFO lists per class, refilled and drained in batches; the
 //!   only path taken by most calls, lock-free, and also where frees from other threads land.
-//! - [`large`]: requests above 32 KiB take a whole page-heap block (a power of two); above
+//! - [`large`]: requests above 32 KiB take an exact page-heap allocation (whole granules); above
 //!   64 MiB they are mapped directly (huge) and unmapped on free.
 //! - [`purge`]: free page-heap memory returns to the OS after it stayed free for a second.
 //! - this module: the `malloc` family; [`CoalesceAlloc`] implements `GlobalAlloc`.
@@ -70,8 +70,8 @@ pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
 
 #[cold]
 fn alloc_big(size: usize, align: usize) -> *mut u8 {
-    match large::order_for(size, align) {
-        Some(k) => large::alloc(k),
+    match large::bytes_for(size, align) {
+        Some(bytes) => large::alloc(bytes),
         None => large::alloc_huge(size, align),
     }
 }
@@ -101,7 +101,7 @@ pub unsafe fn free(p: *mut u8) {
         // SAFETY: the pagemap says p is an object of this class; caller contract for the rest.
         Owner::Small { class, .. } => unsafe { thread_cache::free(p, class) },
         // SAFETY: the pagemap says p starts a live large block of this order.
-        Owner::Large { arena, order } => unsafe { large::free(&*arena, p, order) },
+        Owner::Large { granules, .. } => unsafe { large::free(p, granules) },
         // SAFETY: the table says p lies in the huge mapping at base.
         Owner::Huge { base } => unsafe { large::free_huge(base) },
         Owner::Unknown => {}
@@ -130,7 +130,7 @@ pub unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
 pub unsafe fn usable_size(p: *const u8) -> usize {
     match arena::owner(p as usize) {
         Owner::Small { class, .. } => CLASS_SIZE[class] as usize,
-        Owner::Large { order, .. } => 1 << order,
+        Owner::Large { granules, .. } => granules << arena::GRANULE_ORDER,
         // SAFETY: the table says p lies in the live huge mapping at base.
         Owner::Huge { base } => base + unsafe { large::huge_len(base) } - p as usize,
         Owner::Unknown => 0,
@@ -164,8 +164,9 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
 }
 
 /// Checks that `p` is the start of an allocation this allocator handed out, without touching
-/// its memory. Catches foreign and interior pointers and freed large/huge blocks; a freed
-/// small object is indistinguishable from a live one.
+/// its memory. Catches foreign and interior pointers and freed huge blocks (and freed large
+/// blocks once they left the freeing thread's cache); a freed small object is
+/// indistinguishable from a live one.
 pub fn check_live(p: *const u8) -> Result<usize, PointerError> {
     let addr = p as usize;
     match arena::owner(addr) {
@@ -178,7 +179,7 @@ pub fn check_live(p: *const u8) -> Result<usize, PointerError> {
                 Err(PointerError::Interior(addr))
             }
         }
-        Owner::Large { order, .. } => Ok(1 << order),
+        Owner::Large { granules, .. } => Ok(granules << arena::GRANULE_ORDER),
         Owner::Huge { base } => {
             // SAFETY: the table says the huge mapping at base is live.
             let (len, off) = (unsafe { large::huge_len(base) }, addr - base);

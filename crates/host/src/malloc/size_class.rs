@@ -4,7 +4,7 @@
 //! quarter of the lower power of two) up to [`SMALL_MAX`] = 32 KiB: 41 classes. Rounding waste
 //! is at most 25% of a request above 128 bytes (jemalloc and tcmalloc use the same spacing).
 //! Every class above 8 bytes is a multiple of 16, so every object is 16-byte aligned; objects
-//! are carved at multiples of their size from a span aligned to at least 64 KiB, so a class
+//! are carved at multiples of their size from a span aligned to at least 8 KiB, so a class
 //! whose size is a multiple of `2^k` (for `2^k` <= 4096) also gives `2^k` alignment.
 
 /// Largest request served by size classes; larger ones take whole page-heap blocks.
@@ -92,11 +92,15 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     (c..NUM_CLASSES).find(|&c| (CLASS_SIZE[c] as usize).is_multiple_of(align))
 }
 
-/// Page-heap order (log2 bytes) of the spans a class is carved from: at least 64 KiB and
-/// room for at least 8 objects.
+/// Page-heap order (log2 bytes) of the spans a class is carved from: at least 8 KiB (one
+/// granule), room for at least 8 objects up to 2 KiB and for at least 2 above. Small spans
+/// empty out (and return to the page heap, where any size can reuse them) far more often
+/// than large ones when a program keeps a scattered few objects alive; the bigger classes
+/// cost a microsecond to fill anyway, so carving them from small spans costs little.
 pub const fn span_order(class: usize) -> u32 {
-    let need = CLASS_SIZE[class] as usize * 8;
-    let mut k = 16;
+    let size = CLASS_SIZE[class] as usize;
+    let need = size * if size <= 2048 { 8 } else { 2 };
+    let mut k = 13;
     while (1usize << k) < need {
         k += 1;
     }
@@ -161,9 +165,10 @@ mod tests {
     }
 
     #[test]
-    fn spans_hold_at_least_eight_objects_and_batches_are_bounded() {
+    fn spans_hold_enough_objects_and_batches_are_bounded() {
         for (c, &size) in CLASS_SIZE.iter().enumerate() {
-            assert!((1usize << span_order(c)) / size as usize >= 8);
+            let per_span = (1usize << span_order(c)) / size as usize;
+            assert!(per_span >= if size <= 2048 { 8 } else { 2 });
             assert!((2..=64).contains(&batch_size(c)));
         }
     }

@@ -57,10 +57,19 @@ struct List {
     max: u32,
 }
 
-/// One thread's cache of free objects, by size class.
+/// Large blocks a thread keeps for reuse, and their byte budget.
+const LARGE_SLOTS: usize = 4;
+const LARGE_CACHE_BYTES: usize = 8 << 20;
+
+/// One thread's cache of free objects, by size class, and of a few large blocks.
 #[repr(C)]
 pub(crate) struct ThreadCache {
     lists: [List; NUM_CLASSES],
+    /// `(address, bytes)` of cached large blocks; address 0 = empty slot.
+    large: [(usize, usize); LARGE_SLOTS],
+    large_bytes: usize,
+    /// Round-robin victim for eviction.
+    large_next: usize,
     /// Link in the pool of unused caches.
     pool_next: *mut ThreadCache,
 }
@@ -108,6 +117,57 @@ pub(crate) unsafe fn free(p: *mut u8, class: usize) {
     }
     // SAFETY: caller contract.
     unsafe { free_slow(tc, p, class) }
+}
+
+// ------------------------------------------------------------------ large blocks
+
+/// A cached large block of exactly `bytes` bytes, if this thread has one. Blocks of one size
+/// all have the same (power-of-two) alignment, so any of them serves the request.
+#[inline]
+pub(crate) fn take_large(bytes: usize) -> Option<*mut u8> {
+    let tc = CACHE.get();
+    if tc as usize <= DEAD {
+        return None;
+    }
+    // SAFETY: this thread's live cache.
+    let tc = unsafe { &mut *tc };
+    let slot = tc.large.iter_mut().find(|s| s.0 != 0 && s.1 == bytes)?;
+    let addr = std::mem::take(&mut slot.0);
+    tc.large_bytes -= bytes;
+    Some(addr as *mut u8)
+}
+
+/// Offers a freed large block to this thread's cache. Returns the blocks the caller must give
+/// back to the page heap: the block itself if it was not kept, or a block evicted for it.
+pub(crate) fn keep_large(addr: usize, bytes: usize) -> Option<(usize, usize)> {
+    let tc = CACHE.get();
+    if tc as usize <= DEAD || bytes > LARGE_CACHE_BYTES / 2 {
+        return Some((addr, bytes));
+    }
+    // SAFETY: this thread's live cache.
+    let tc = unsafe { &mut *tc };
+    let mut evicted = None;
+    let i = match tc.large.iter().position(|s| s.0 == 0) {
+        Some(i) if tc.large_bytes + bytes <= LARGE_CACHE_BYTES => i,
+        _ => {
+            let i = tc.large_next % LARGE_SLOTS;
+            tc.large_next += 1;
+            if tc.large[i].0 != 0 {
+                evicted = Some(tc.large[i]);
+                tc.large_bytes -= tc.large[i].1;
+            }
+            i
+        }
+    };
+    if tc.large_bytes + bytes > LARGE_CACHE_BYTES {
+        // Still over budget after one eviction: keep the cache as it is.
+        tc.large[i] = evicted.unwrap_or((0, 0));
+        tc.large_bytes += tc.large[i].1;
+        return Some((addr, bytes));
+    }
+    tc.large[i] = (addr, bytes);
+    tc.large_bytes += bytes;
+    evicted
 }
 
 // ------------------------------------------------------------------ batch transfers
@@ -219,6 +279,15 @@ unsafe extern "C" fn on_thread_exit(p: *mut c_void) {
 /// # Safety
 /// `tc` is a live cache not used concurrently.
 unsafe fn flush(tc: *mut ThreadCache) {
+    // SAFETY: caller contract.
+    let t = unsafe { &mut *tc };
+    for slot in &mut t.large {
+        let (addr, bytes) = std::mem::take(slot);
+        if addr != 0 {
+            super::large::free_to_heap(addr, bytes);
+        }
+    }
+    t.large_bytes = 0;
     for class in 0..NUM_CLASSES {
         // SAFETY: caller contract.
         let l = unsafe { &mut (*tc).lists[class] };
@@ -288,6 +357,9 @@ fn pool_take() -> *mut ThreadCache {
     unsafe {
         tc.write(ThreadCache {
             lists,
+            large: [(0, 0); LARGE_SLOTS],
+            large_bytes: 0,
+            large_next: 0,
             pool_next: ptr::null_mut(),
         })
     };
