@@ -142,19 +142,18 @@ fn allocators() -> Result<Vec<Allocator>> {
 }
 
 /// One child run: `metric -> value`.
-fn run_child(
-    a: &Allocator,
-    workload: &str,
-    threads: usize,
-    scale: f64,
-) -> Result<BTreeMap<String, f64>> {
+fn run_child(a: &Allocator, job: &Job, scale: f64) -> Result<BTreeMap<String, f64>> {
+    let workload = job.workload;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args([
         "workload",
         workload,
-        &threads.to_string(),
+        &job.threads.to_string(),
         &scale.to_string(),
     ]);
+    if let Some(k) = job.size_exp {
+        cmd.arg(k.to_string());
+    }
     cmd.env_remove("LD_PRELOAD");
     if let Some(lib) = &a.lib {
         cmd.env("LD_PRELOAD", lib);
@@ -192,37 +191,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// A benchmark row: a workload configuration and the time metric it reports.
+/// One child process per allocator and repeat: a workload configuration. For (a) that is
+/// one thread count and one size, so all allocators run a row back to back and a change in
+/// machine load between rows does not skew one allocator's numbers.
 struct Job {
     label: String,
     workload: &'static str,
     threads: usize,
+    size_exp: Option<u32>,
+}
+
+fn job(label: &str, workload: &'static str, threads: usize) -> Job {
+    Job {
+        label: label.into(),
+        workload,
+        threads,
+        size_exp: None,
+    }
 }
 
 fn jobs(o: &Options) -> Vec<Job> {
     let mut j = vec![];
     for &w in &o.workloads {
         match w {
-            'a' => j.extend([1, 2, 4, 8].map(|t| Job {
-                label: format!("a t={t}"),
-                workload: "pairs",
-                threads: t,
-            })),
-            'b' => j.push(Job {
-                label: "b prodcons 2x2".into(),
-                workload: "prodcons",
-                threads: 2,
-            }),
-            'c' => j.push(Job {
-                label: "c larson t=8".into(),
-                workload: "larson",
-                threads: 8,
-            }),
-            'd' => j.push(Job {
-                label: "d fragmentation".into(),
-                workload: "frag",
-                threads: 1,
-            }),
+            'a' => {
+                for t in [1, 2, 4, 8] {
+                    j.extend((2..=22).map(|k| Job {
+                        size_exp: Some(k),
+                        ..job(&format!("a t={t}"), "pairs", t)
+                    }));
+                }
+            }
+            'b' => j.push(job("b prodcons 2x2", "prodcons", 2)),
+            'c' => j.push(job("c larson t=8", "larson", 8)),
+            'd' => j.push(job("d fragmentation", "frag", 1)),
             _ => {}
         }
     }
@@ -240,17 +242,22 @@ pub fn run(o: &Options) -> Result<()> {
         for job in &jobs {
             for i in 0..allocs.len() {
                 let a = &allocs[(i + r) % allocs.len()];
+                let size = job.size_exp.map(|k| format!(" 2^{k}")).unwrap_or_default();
                 eprint!(
-                    "\rrepeat {}/{} {:<18} {:<9}",
+                    "\rrepeat {}/{} {:<14}{:<6} {:<9}",
                     r + 1,
                     o.repeats,
                     job.label,
+                    size,
                     a.name
                 );
-                let m = run_child(a, job.workload, job.threads, o.scale)?;
+                let m = run_child(a, job, o.scale)?;
                 for (k, v) in m {
                     if k == "peak_rss" {
-                        rss.entry((job.label.clone(), a.name)).or_default().push(v);
+                        // Peak RSS is reported for b, c and d (an (a) row is one size).
+                        if job.size_exp.is_none() {
+                            rss.entry((job.label.clone(), a.name)).or_default().push(v);
+                        }
                     } else {
                         samples
                             .entry((job.label.clone(), k))

@@ -1,5 +1,6 @@
 //! `coalesce-host-bench [--repeats N] [--scale F] [--workloads a,b,c,d]` runs the benchmark;
-//! `coalesce-host-bench workload NAME THREADS SCALE` is the child the driver starts per run.
+//! `coalesce-host-bench workload NAME THREADS SCALE [K]` is the child the driver starts per
+//! run (K: the size exponent of one `pairs` row).
 
 use coalesce_host_bench::{driver, workloads};
 
@@ -10,7 +11,11 @@ fn main() -> anyhow::Result<()> {
         let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
         let scale: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1.0);
         match name {
-            "pairs" => workloads::pairs(threads, scale),
+            "pairs" => {
+                // An optional fifth argument picks one size exponent; default all, 2..=22.
+                let k: Option<u32> = args.get(4).and_then(|s| s.parse().ok());
+                workloads::pairs(threads, scale, k.map_or(2..=22, |k| k..=k))
+            }
             "prodcons" => workloads::prodcons(threads, scale),
             "larson" => workloads::larson(threads, scale),
             "frag" => workloads::fragmentation(scale),

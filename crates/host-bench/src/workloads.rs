@@ -87,14 +87,15 @@ fn timed_threads(threads: usize, f: impl Fn(usize) + Sync) -> f64 {
 
 // ------------------------------------------------------------------ (a) malloc/touch/free
 
-/// (a) For each size 2^k, k = 2..=22: every thread runs malloc(size), writes every byte,
-/// free, in a loop. Prints `pair_<k> ns` = wall time per pair on one thread.
-pub fn pairs(threads: usize, scale: f64) {
-    for k in 2..=22u32 {
+/// (a) For each size 2^k, k in `sizes` (the benchmark runs one k per process): every thread
+/// runs malloc(size), writes every byte, free, in a loop. Prints `pair_<k> ns` = wall time
+/// per pair on one thread.
+pub fn pairs(threads: usize, scale: f64, sizes: std::ops::RangeInclusive<u32>) {
+    for k in sizes {
         let size = 1usize << k;
-        // About 32 MiB touched per thread, at least 2000 and at most 400k pairs.
-        let iters =
-            ((((32usize << 20) / size).clamp(2000, 400_000)) as f64 * scale).max(100.0) as usize;
+        // About 64 MiB touched per thread, at least 20k and at most 2M pairs.
+        let iters = ((((64usize << 20) / size).clamp(20_000, 2_000_000)) as f64 * scale).max(100.0)
+            as usize;
         let secs = timed_threads(threads, |_| {
             for _ in 0..iters {
                 let p = c_malloc(size);

@@ -8,8 +8,10 @@
 //! metadata in mmapped memory and uses only const, destructor-free thread-locals plus a
 //! pthread key, so it is sound as the process's only `malloc` (see that module's docs).
 //!
-//! No panic crosses the C boundary: the shims contain no panicking code of their own, and an
-//! `extern "C"` function that would unwind aborts the process instead (Rust >= 1.81).
+//! No panic crosses the C boundary: the shims contain no panicking code of their own, an
+//! `extern "C"` function that would unwind aborts the process instead (Rust >= 1.81), and a
+//! panic hook installed when the library is loaded aborts at once — before the default hook
+//! would format a message, which would re-enter `malloc`, possibly under one of its locks.
 //! Errors follow glibc: null plus `errno = ENOMEM`/`EINVAL`, or the error code for
 //! `posix_memalign`. Rust code inside this library allocates through the same allocator.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,6 +24,23 @@ use std::ptr;
 static GLOBAL: malloc::CoalesceAlloc = malloc::CoalesceAlloc;
 
 const PAGE: usize = coalesce_host::os::PAGE;
+
+/// Runs when the library is loaded (from `.init_array`): a panic anywhere in this library
+/// (its own copy of std) aborts without allocating.
+extern "C" fn on_load() {
+    std::panic::set_hook(Box::new(|_| {
+        const MSG: &[u8] = b"coalesce malloc: internal error, aborting\n";
+        // SAFETY: writing a static buffer to stderr, then aborting; neither allocates.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::abort();
+        }
+    }));
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;
 
 fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot.

@@ -78,7 +78,7 @@ pub(crate) enum Owner {
 }
 
 /// Looks up the owner of `addr` without locks: two loads.
-#[inline]
+#[inline(always)]
 pub(crate) fn owner(addr: usize) -> Owner {
     let slot = addr >> ARENA_ORDER;
     if slot >= TABLE_SLOTS {
@@ -96,7 +96,8 @@ pub(crate) fn owner(addr: usize) -> Owner {
     let arena = t as *const Arena;
     // SAFETY: non-zero, untagged table entries point at live arena headers (never unmapped).
     let a = unsafe { &*arena };
-    let e = a.pagemap[(addr - a.base) >> GRANULE_ORDER].load(Ordering::Acquire);
+    // The arena is aligned to its size: the low bits of the address index its pagemap.
+    let e = a.pagemap[(addr & (ARENA_SIZE - 1)) >> GRANULE_ORDER].load(Ordering::Acquire);
     match e & 63 {
         0 => Owner::Unknown,
         LARGE_TAG if addr & ((1 << GRANULE_ORDER) - 1) == 0 => Owner::Large {

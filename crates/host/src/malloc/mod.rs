@@ -95,7 +95,7 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 ///
 /// # Safety
 /// `p` is null or a live allocation of this allocator that is not used afterwards.
-#[inline]
+#[inline(always)]
 pub unsafe fn free(p: *mut u8) {
     match arena::owner(p as usize) {
         // SAFETY: the pagemap says p is an object of this class; caller contract for the rest.
