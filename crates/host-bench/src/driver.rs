@@ -74,27 +74,22 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The coalesce preload library next to this executable, built with `cargo build --release
-/// -p coalesce-host-preload` if it is missing.
+/// The coalesce preload library next to this executable. Under `cargo run` (which sets
+/// `CARGO`) it is (re)built first, so it is never stale; otherwise it is built only if missing.
 fn coalesce_lib() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable has no directory")?;
     let lib = dir.join("libcoalesce_host_preload.so");
-    if !lib.exists() {
+    let cargo = std::env::var("CARGO").ok();
+    if cargo.is_some() || !lib.exists() {
         eprintln!("building {} ...", lib.display());
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let profile = if dir.ends_with("release") {
-            vec!["--release"]
-        } else {
-            vec![]
-        };
-        let ok = Command::new(cargo)
-            .current_dir(repo_root())
-            .args(["build", "-p", "coalesce-host-preload"])
-            .args(profile)
-            .status()?
-            .success();
-        if !ok || !lib.exists() {
+        let mut cmd = Command::new(cargo.as_deref().unwrap_or("cargo"));
+        cmd.current_dir(repo_root())
+            .args(["build", "-q", "-p", "coalesce-host-preload"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        if !cmd.status()?.success() || !lib.exists() {
             bail!("could not build {}", lib.display());
         }
     }
