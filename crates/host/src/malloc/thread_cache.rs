@@ -3,8 +3,9 @@
 //! Each thread owns one [`ThreadCache`]: per size class a LIFO list of free objects linked
 //! through their first word. `malloc` pops, `free` pushes — whichever thread allocated the
 //! object, so a free from another thread takes no lock either. A list that runs dry takes a
-//! batch from the central list; one that grows past two batches gives the oldest... well, the
-//! top batch back. Both are single lock operations per batch.
+//! batch from the central list; one that grows past two batches gives its top batch back.
+//! Both are single lock operations per batch. A few freed large blocks are kept too, so
+//! malloc/free loops of large sizes do not split and merge page-heap blocks every time.
 //!
 //! # Thread-local state inside a malloc
 //!
