@@ -15,6 +15,9 @@ pub struct Options {
     pub scale: f64,
     /// Which of a, b, c, d to run.
     pub workloads: Vec<char>,
+    /// Arguments that make the current executable run [`crate::main`] (see there); children
+    /// are started as `current_exe child_prefix.. workload ...`.
+    pub child_prefix: Vec<String>,
 }
 
 impl Default for Options {
@@ -23,6 +26,7 @@ impl Default for Options {
             repeats: 5,
             scale: 1.0,
             workloads: vec!['a', 'b', 'c', 'd'],
+            child_prefix: vec![],
         }
     }
 }
@@ -137,9 +141,10 @@ fn allocators() -> Result<Vec<Allocator>> {
 }
 
 /// One child run: `metric -> value`.
-fn run_child(a: &Allocator, job: &Job, scale: f64) -> Result<BTreeMap<String, f64>> {
-    let workload = job.workload;
+fn run_child(a: &Allocator, job: &Job, o: &Options) -> Result<BTreeMap<String, f64>> {
+    let (workload, scale) = (job.workload, o.scale);
     let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(&o.child_prefix);
     cmd.args([
         "workload",
         workload,
@@ -246,7 +251,7 @@ pub fn run(o: &Options) -> Result<()> {
                     size,
                     a.name
                 );
-                let m = run_child(a, job, o.scale)?;
+                let m = run_child(a, job, o)?;
                 for (k, v) in m {
                     if k == "peak_rss" {
                         // Peak RSS is reported for b, c and d (an (a) row is one size).

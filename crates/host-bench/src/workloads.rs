@@ -51,16 +51,6 @@ pub fn peak_rss() -> u64 {
     ru.ru_maxrss as u64 * 1024
 }
 
-/// Current resident set size in bytes (from `/proc/self/statm`), for tracing.
-fn current_rss() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    s.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
-}
-
 /// Runs `f(thread_index)` on `threads` threads released together by a barrier; returns the
 /// wall seconds from the first thread's start to the last thread's end, each measured by the
 /// thread itself (a coordinator's clock would include its own wake-up latency).
@@ -266,7 +256,7 @@ pub fn fragmentation(scale: f64) {
         if std::env::var_os("COALESCE_BENCH_TRACE").is_some() {
             eprintln!(
                 "phase {lo}-{hi}: rss {} MiB, peak {} MiB",
-                current_rss() >> 20,
+                coalesce_host::os::rss_bytes().unwrap_or(0) >> 20,
                 peak_rss() >> 20
             );
         }

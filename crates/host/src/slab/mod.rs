@@ -429,14 +429,6 @@ impl<T: Send + 'static> Inner<T> {
         Some(slab)
     }
 
-    // The lists lock (held by every caller) is what makes this `&mut` unique.
-    #[allow(clippy::mut_from_ref)]
-    fn header(&self, slab: usize) -> &mut Header {
-        // SAFETY: `slab` is a live slab of this cache and the caller holds the lists lock,
-        // which guards every non-atomic header field.
-        unsafe { &mut *self.geo.header(slab) }
-    }
-
     fn take_object(&self, l: &mut Lists, slab: usize) -> Option<usize> {
         let h = self.header(slab);
         if h.free_head == NONE {
@@ -478,18 +470,6 @@ impl<T: Send + 'static> Inner<T> {
         self.unlink(l, slab);
         self.destroy(slab);
         l.released += 1;
-    }
-
-    fn destroy(&self, slab: usize) {
-        for i in 0..self.geo.capacity {
-            // SAFETY: every object of a slab is constructed and no user holds one (the slab
-            // is empty, or the cache itself is being dropped).
-            unsafe { std::ptr::drop_in_place(self.geo.object(slab, i) as *mut T) };
-        }
-        self.header(slab).magic = 0;
-        let _ = self
-            .source
-            .free(NonNull::new(slab as *mut u8).expect("slab address"));
     }
 
     fn move_to(&self, l: &mut Lists, slab: usize, s: State) {
@@ -592,25 +572,39 @@ impl<T: Send + 'static> Sink for Inner<T> {
     }
 }
 
+/// The parts that need no bounds on `T`, so `Drop` can use them too.
+impl<T> Inner<T> {
+    // The lists lock (held by every caller, or `&mut self` in drop) makes this `&mut` unique.
+    #[allow(clippy::mut_from_ref)]
+    fn header(&self, slab: usize) -> &mut Header {
+        // SAFETY: `slab` is a live slab of this cache and the caller holds the lists lock,
+        // which guards every non-atomic header field.
+        unsafe { &mut *self.geo.header(slab) }
+    }
+
+    /// Drops every object of a slab and gives the slab back to the page source.
+    fn destroy(&self, slab: usize) {
+        for i in 0..self.geo.capacity {
+            // SAFETY: every object of a slab is constructed and no user holds one (the slab
+            // is empty, or the cache is being dropped: `SlabBox` borrows cannot outlive it,
+            // raw pointers are the caller's contract).
+            unsafe { std::ptr::drop_in_place(self.geo.object(slab, i) as *mut T) };
+        }
+        self.header(slab).magic = 0;
+        let _ = self
+            .source
+            .free(NonNull::new(slab as *mut u8).expect("slab address"));
+    }
+}
+
 impl<T> Drop for Inner<T> {
     fn drop(&mut self) {
         let heads = self.lists.lock().heads;
-        let g = self.geo;
         for head in heads {
             let mut slab = head;
             while slab != 0 {
-                // SAFETY: slabs on the lists are live; nothing else can reach the cache now.
-                let next = unsafe { (*g.header(slab)).next };
-                for i in 0..g.capacity {
-                    // SAFETY: every object is constructed; borrows of objects (SlabBox) cannot
-                    // outlive the cache, raw pointers are the caller's contract.
-                    unsafe { std::ptr::drop_in_place(g.object(slab, i) as *mut T) };
-                }
-                // SAFETY: as above.
-                unsafe { (*g.header(slab)).magic = 0 };
-                let _ = self
-                    .source
-                    .free(NonNull::new(slab as *mut u8).expect("slab address"));
+                let next = self.header(slab).next;
+                self.destroy(slab);
                 slab = next;
             }
         }
