@@ -41,7 +41,11 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BenchArgs {
+    #[command(subcommand)]
+    target: Option<BenchTarget>,
+
     /// Extra trace files to include (the bundled and synthetic traces always are, unless
     /// --only is given).
     traces: Vec<PathBuf>,
@@ -74,6 +78,54 @@ struct BenchArgs {
     /// Memory of the simulated GPU.
     #[arg(long, default_value = "80GiB", value_parser = parse_size)]
     capacity: u64,
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Benchmark the host allocator (malloc) against glibc, jemalloc, mimalloc and tcmalloc,
+    /// each loaded with LD_PRELOAD into the same workload programs (one child process per
+    /// measurement); peers are installed with scripts/install-host-peers.sh if missing. Prints
+    /// markdown tables of median ns per operation and peak RSS; see docs/host.md.
+    Host(HostBenchArgs),
+}
+
+#[derive(Args)]
+struct HostBenchArgs {
+    /// Runs per workload and allocator (allocator order rotated per repeat); medians are
+    /// reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Multiplies every workload's operation count (1.0 is the run documented in
+    /// docs/host.md).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Workloads to run: a = malloc/free pairs of each size 4 B..4 MiB, b = producer/consumer
+    /// threads (cross-thread frees), c = larson (random sizes, objects handed between threads),
+    /// d = fragmentation (peak RSS after freeing most of a mixed heap).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d",
+          value_parser = ["a", "b", "c", "d"])]
+    workloads: Vec<String>,
+    /// Internal: the benchmark re-runs this executable as `coalesce bench host workload ...`
+    /// for each measurement.
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    child: Vec<String>,
+}
+
+impl HostBenchArgs {
+    /// The argument list [`coalesce_host_bench::main`] parses.
+    fn to_args(&self) -> Vec<String> {
+        if !self.child.is_empty() {
+            return self.child.clone();
+        }
+        vec![
+            "--repeats".into(),
+            self.repeats.to_string(),
+            "--scale".into(),
+            self.scale.to_string(),
+            "--workloads".into(),
+            self.workloads.join(","),
+        ]
+    }
 }
 
 #[derive(Args)]
@@ -224,6 +276,12 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
 }
 
 fn run_bench(args: BenchArgs) -> ExitCode {
+    if let Some(BenchTarget::Host(host)) = &args.target {
+        return match coalesce_host_bench::main(&host.to_args(), &["bench", "host"]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, format!("{e:#}")),
+        };
+    }
     let specs = match policy_specs(&args.policy) {
         Ok(s) => s,
         Err(e) => return fail(EXIT_BAD_INPUT, e),

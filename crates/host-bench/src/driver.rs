@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -42,7 +43,15 @@ impl Options {
                 "--repeats" => o.repeats = val()?.parse().context("--repeats")?,
                 "--scale" => o.scale = val()?.parse().context("--scale")?,
                 "--workloads" => {
-                    o.workloads = val()?.split(',').filter_map(|s| s.chars().next()).collect()
+                    o.workloads = Vec::new();
+                    for w in val()?.split(',') {
+                        match w {
+                            "a" | "b" | "c" | "d" => o.workloads.extend(w.chars()),
+                            other => {
+                                bail!("--workloads: unknown workload {other:?} (a, b, c or d)")
+                            }
+                        }
+                    }
                 }
                 "-h" | "--help" => {
                     println!(
@@ -238,19 +247,23 @@ pub fn run(o: &Options) -> Result<()> {
     // (job label, metric) -> allocator -> samples
     let mut samples: BTreeMap<(String, String), BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     let mut rss: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    // A one-line progress display, only when someone is watching.
+    let progress = std::io::stderr().is_terminal();
     for r in 0..o.repeats {
         for job in &jobs {
             for i in 0..allocs.len() {
                 let a = &allocs[(i + r) % allocs.len()];
                 let size = job.size_exp.map(|k| format!(" 2^{k}")).unwrap_or_default();
-                eprint!(
-                    "\rrepeat {}/{} {:<14}{:<6} {:<9}",
-                    r + 1,
-                    o.repeats,
-                    job.label,
-                    size,
-                    a.name
-                );
+                if progress {
+                    eprint!(
+                        "\rrepeat {}/{} {:<14}{:<6} {:<9}",
+                        r + 1,
+                        o.repeats,
+                        job.label,
+                        size,
+                        a.name
+                    );
+                }
                 let m = run_child(a, job, o)?;
                 for (k, v) in m {
                     if k == "peak_rss" {
@@ -270,7 +283,9 @@ pub fn run(o: &Options) -> Result<()> {
             }
         }
     }
-    eprintln!();
+    if progress {
+        eprintln!();
+    }
     let names: Vec<&str> = allocs.iter().map(|a| a.name).collect();
     let rows: Vec<(String, BTreeMap<&str, f64>)> = samples
         .into_iter()

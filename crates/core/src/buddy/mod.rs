@@ -374,7 +374,10 @@ impl<S: BuddyStorage> Buddy<S> {
         let err = BuddyError::NotAllocated(addr);
         let off = addr.checked_sub(self.base).ok_or(err.clone())?;
         let unit = 1u64 << self.min_order;
-        if size == 0 || size % unit != 0 || off.checked_add(size).is_none_or(|e| e > self.size) {
+        if size == 0
+            || !size.is_multiple_of(unit)
+            || off.checked_add(size).is_none_or(|e| e > self.size)
+        {
             return Err(err);
         }
         let ok = Self::head_parts(off, size)
