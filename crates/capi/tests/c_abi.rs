@@ -19,7 +19,7 @@ use std::process::Command;
 fn build_c_program(out: &Path) -> Option<PathBuf> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     if Command::new(&cc).arg("--version").output().is_err() {
-        eprintln!("skipping: no C compiler ({cc})");
+        common::skip(&format!("no C compiler ({cc})"));
         return None;
     }
     let lib = lib_dir();
@@ -194,7 +194,7 @@ fn a_bad_environment_is_a_clean_error() {
 #[test]
 fn without_a_gpu_the_cuda_backend_fails_cleanly() {
     if coalesce_device::backend::cuda::driver_status().is_ok() {
-        eprintln!("skipping: a CUDA driver is present");
+        common::skip("a CUDA driver is present");
         return;
     }
     let dir = scratch("c-abi-cuda");

@@ -9,7 +9,7 @@ use std::process::Command;
 #[test]
 fn the_python_package_works_on_the_simulated_backend() {
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipping: no python3");
+        common::skip("no python3");
         return;
     }
     let lib = lib_dir();
@@ -38,7 +38,7 @@ fn the_python_package_works_on_the_simulated_backend() {
 #[test]
 fn the_gpu_check_table_judges_the_targets() {
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipping: no python3");
+        common::skip("no python3");
         return;
     }
     let dir = common::scratch("gpu-table");

@@ -40,3 +40,14 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Says why a test is skipped, on the real stderr: libtest captures `eprintln!`, and a skip
+/// must be seen.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping {}: {reason}",
+        std::thread::current().name().unwrap_or("test")
+    );
+}

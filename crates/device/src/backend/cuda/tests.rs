@@ -6,12 +6,23 @@
 use super::*;
 use crate::backend::{Backend, BackendError, DriverCall, StreamId};
 
+/// Says why a test is skipped, on the real stderr: libtest captures `eprintln!`, and a skip
+/// must be seen.
+fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping {}: {reason}",
+        std::thread::current().name().unwrap_or("test")
+    );
+}
+
 /// The backend for device 0, or `None` (with a visible message) when there is no GPU.
 fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(b) => Some(b),
         Err(e) => {
-            eprintln!("skipping: no CUDA driver or device ({e})");
+            skip(&format!("no CUDA driver or device ({e})"));
             None
         }
     }
@@ -20,7 +31,7 @@ fn gpu() -> Option<CudaBackend> {
 #[test]
 fn without_a_driver_the_backend_is_unavailable_with_a_reason() {
     let Err(reason) = driver_status() else {
-        eprintln!("skipping: a CUDA driver is present");
+        skip("a CUDA driver is present");
         return;
     };
     let err = CudaBackend::new(0).unwrap_err();
@@ -38,7 +49,7 @@ fn without_a_driver_the_backend_is_unavailable_with_a_reason() {
 #[test]
 fn a_device_that_does_not_exist_is_unavailable() {
     if driver_status().is_err() {
-        eprintln!("skipping: no CUDA driver");
+        skip("no CUDA driver");
         return;
     }
     let err = CudaBackend::new(10_000).unwrap_err();
