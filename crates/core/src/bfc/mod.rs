@@ -232,17 +232,17 @@ impl Bfc {
     }
 
     /// The first of the `limit` best-fitting free chunks for `rounded` bytes (in best-fit
-    /// order) whose start address `pred` accepts. For policies that prefer some placements
-    /// (already backed memory, say) without giving up best fit among them.
+    /// order) that `pred` accepts, given its address and size. For policies that prefer some
+    /// placements (already backed memory, say) without giving up best fit among them.
     #[inline]
     pub fn best_fit_where(
         &self,
         rounded: u64,
         limit: usize,
-        mut pred: impl FnMut(u64) -> bool,
+        mut pred: impl FnMut(u64, u64) -> bool,
     ) -> Option<ChunkId> {
         self.bins
-            .find_fit(rounded, limit, |(_, addr), _| pred(addr))
+            .find_fit(rounded, limit, |(size, addr), _| pred(addr, size))
             .map(|(_, c)| ChunkId(c))
     }
 
@@ -274,10 +274,26 @@ impl Bfc {
         );
         let (addr, size) = (c.addr, c.size);
         self.bins.remove(size, addr);
-        if split && size > rounded {
+        if split {
+            self.alloc_chunk_unbinned(id, requested, rounded)
+        } else {
+            self.mark_in_use(id, requested)
+        }
+    }
+
+    /// Takes free chunk `id`, already out of its bin, for `requested` (`rounded` after
+    /// rounding) bytes, splitting off the remainder.
+    fn alloc_chunk_unbinned(&mut self, id: ChunkId, requested: u64, rounded: u64) -> Allocation {
+        if self.chunks.get(id.0).size > rounded {
             self.split_tail(id.0, rounded);
         }
+        self.mark_in_use(id, requested)
+    }
+
+    /// Marks free, un-binned chunk `id` in use for `requested` bytes.
+    fn mark_in_use(&mut self, id: ChunkId, requested: u64) -> Allocation {
         let c = self.chunks.get_mut(id.0);
+        let addr = c.addr;
         c.in_use = true;
         c.requested = requested;
         c.stamp = 0;
@@ -290,6 +306,34 @@ impl Bfc {
             size,
             region: RegionId(region),
         }
+    }
+
+    /// Like [`Bfc::alloc_chunk`] with splitting, but the block starts `offset` bytes into the
+    /// free chunk; the bytes before it stay a free chunk (with the chunk's stamp). For owners
+    /// that know a better place inside a chunk than its start (memory already backed, say).
+    ///
+    /// # Panics
+    /// If the chunk is not free, `offset` is not a multiple of the alignment, or the request
+    /// does not fit after `offset` (a caller bug, not an input error).
+    pub fn alloc_chunk_at(&mut self, id: ChunkId, offset: u64, requested: u64) -> Allocation {
+        if offset == 0 {
+            return self.alloc_chunk(id, requested, true);
+        }
+        let rounded = self.round(requested).expect("request overflow");
+        let c = self.chunks.get(id.0);
+        assert!(
+            !c.in_use
+                && offset.is_multiple_of(self.config.alignment)
+                && offset.checked_add(rounded).is_some_and(|end| end <= c.size),
+            "alloc_chunk_at outside a free chunk"
+        );
+        let (addr, size) = (c.addr, c.size);
+        self.bins.remove(size, addr);
+        self.split_tail(id.0, offset);
+        self.bins.insert(offset, addr, id.0);
+        let rest = self.chunks.get(id.0).next;
+        self.bins.remove(size - offset, addr + offset);
+        self.alloc_chunk_unbinned(ChunkId(rest), requested, rounded)
     }
 
     /// Cuts free, un-binned chunk `i` to `keep` bytes; the tail becomes a new free chunk.

@@ -93,16 +93,16 @@ fn fits_lists_candidates_in_best_fit_order() {
     assert!(tail > 50 * MIB);
     assert_eq!(b.fits(MIB).next(), b.best_fit(MIB));
     let second = b
-        .best_fit_where(MIB, 10, |addr| addr != holes[1].addr)
+        .best_fit_where(MIB, 10, |addr, _| addr != holes[1].addr)
         .map(|c| b.chunk(c).addr);
     assert_eq!(second, Some(holes[3].addr), "best fit among the accepted");
     assert_eq!(
-        b.best_fit_where(MIB, 2, |addr| addr == holes[0].addr),
+        b.best_fit_where(MIB, 2, |addr, _| addr == holes[0].addr),
         None,
         "beyond the limit"
     );
     assert_eq!(
-        b.best_fit_where(MIB, 4, |addr| addr == holes[0].addr)
+        b.best_fit_where(MIB, 4, |addr, _| addr == holes[0].addr)
             .map(|c| b.chunk(c).addr),
         Some(holes[0].addr)
     );
@@ -346,11 +346,28 @@ impl Model {
         self.live.insert(addr, (size, req));
         Some((addr, size))
     }
+
+    /// `req` bytes placed `frac`/65535 of the way into the `pick`-th fitting gap (in best-fit
+    /// order), aligned down; the tail beyond the block is always split off.
+    fn alloc_at(&mut self, req: u64, pick: usize, frac: u16) -> Option<(usize, u64, u64, u64)> {
+        let rounded = req.max(1).div_ceil(self.align) * self.align;
+        let mut fits: Vec<(u64, u64)> =
+            self.gaps().into_iter().filter(|g| g.1 >= rounded).collect();
+        fits.sort_by_key(|&(a, s)| (s, a));
+        let k = pick % fits.len().max(1);
+        let &(addr, gap) = fits.get(k)?;
+        let offset = (gap - rounded) * frac as u64 / u16::MAX as u64 / self.align * self.align;
+        self.live.insert(addr + offset, (rounded, req));
+        Some((k, offset, addr + offset, rounded))
+    }
 }
 
 #[derive(Clone, Debug)]
 enum Op {
     Alloc(u64),
+    /// Allocate inside the n-th fitting free chunk, at a fraction of its slack
+    /// ([`Bfc::alloc_chunk_at`]).
+    AllocAt(u64, usize, u16),
     /// Free the n-th live allocation (modulo the count).
     Free(usize),
     /// Free an address that is not allocated.
@@ -373,7 +390,8 @@ fn size_strategy() -> impl Strategy<Value = u64> {
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
-        40 => size_strategy().prop_map(Op::Alloc),
+        32 => size_strategy().prop_map(Op::Alloc),
+        8 => (size_strategy(), any::<usize>(), any::<u16>()).prop_map(|(s, n, f)| Op::AllocAt(s, n, f)),
         40 => any::<usize>().prop_map(Op::Free),
         1 => any::<u64>().prop_map(Op::BadFree),
         2 => (1u64..64).prop_map(|m| Op::AddRegion(m * MIB)),
@@ -412,6 +430,16 @@ fn run_against_model(split: SplitRule, ops: &[Op]) -> Result<(), TestCaseError> 
             Op::Alloc(size) => {
                 let got = b.alloc(size).map(|a| (a.addr, a.size));
                 prop_assert_eq!(got, m.alloc(size), "step {}: alloc({})", step, size);
+            }
+            Op::AllocAt(size, pick, frac) => {
+                if let Some((k, offset, addr, rounded)) = m.alloc_at(size, pick, frac) {
+                    let chunk = b
+                        .fits(rounded)
+                        .nth(k)
+                        .expect("the model's gap is a free chunk");
+                    let a = b.alloc_chunk_at(chunk, offset, size);
+                    prop_assert_eq!((a.addr, a.size), (addr, rounded), "step {}: alloc_at", step);
+                }
             }
             Op::Free(n) if !m.live.is_empty() => {
                 let (&addr, &(size, req)) = m.live.iter().nth(n % m.live.len()).unwrap();

@@ -11,7 +11,7 @@
 //!   never more than the unmapped span where it is mapped;
 //! - waste: while held memory exceeds live memory by more than `waste_permille`, earlier large
 //!   handles have lost their bet (parts pinned by live blocks, the rest unable to move), and new
-//!   handles are single granules, so that memory turns fungible again.
+//!   handles are kept lean (at most `lean_granules`), so that memory turns fungible again.
 
 /// Sizing parameters, in divisors of granule counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,8 +23,12 @@ pub(super) struct Growth {
     pub max_granules: u32,
     /// Waste budget in permille of live granules: while held memory exceeds live memory by
     /// more, large handles have lost their bet (parts of them are pinned by live blocks and
-    /// the rest cannot move), and new handles are kept minimal so memory turns fungible.
+    /// the rest cannot move), and new handles are kept lean so memory turns fungible.
     pub waste_permille: u32,
+    /// Largest handle created while over the waste budget, in granules. One granule wastes
+    /// least; two halve the driver calls of large blocks at little cost in memory (measured
+    /// in docs/design.md).
+    pub lean_granules: u32,
 }
 
 impl Growth {
@@ -34,7 +38,10 @@ impl Growth {
         debug_assert!(need >= 1 && need <= span);
         let budget = live as u64 * self.waste_permille as u64 / 1000 + 2;
         if held > live as u64 + budget {
-            return 1;
+            return need
+                .min(span)
+                .min(self.lean_granules.max(1))
+                .min(self.max_granules.max(1));
         }
         let burst = burst / self.burst_div.max(1);
         let cap = (live / self.cap_div.max(1))
@@ -56,6 +63,7 @@ mod tests {
         burst_div: 4,
         max_granules: 32,
         waste_permille: 10,
+        lean_granules: 1,
     };
 
     #[test]
@@ -105,6 +113,20 @@ mod tests {
             G.handle_granules(10_000, 10_000 + 103, 0, 5, 100),
             1,
             "over budget: one granule"
+        );
+    }
+
+    #[test]
+    fn over_the_budget_lean_handles_cover_at_most_the_need() {
+        let lean = Growth {
+            lean_granules: 2,
+            ..G
+        };
+        assert_eq!(lean.handle_granules(10_000, 10_200, 0, 5, 100), 2);
+        assert_eq!(
+            lean.handle_granules(10_000, 10_200, 0, 1, 100),
+            1,
+            "never ahead"
         );
     }
 

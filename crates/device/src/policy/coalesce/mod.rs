@@ -39,7 +39,7 @@ use crate::backend::{Backend, DevAddr, StreamId};
 use fences::Fences;
 use growth::Growth;
 use pool::Pool;
-use space::{Ctx, Idle, Space};
+use space::{Ctx, Idle, Rules, Space};
 
 pub(super) const INFO: PolicyInfo = PolicyInfo {
     name: "coalesce",
@@ -78,6 +78,18 @@ pub(super) const INFO: PolicyInfo = PolicyInfo {
             "above this much held-but-not-live memory (permille of live), new handles stay minimal (default 10)",
         ),
         (
+            "lean_handle_mb",
+            "largest new handle while over the waste budget, MiB (default 4)",
+        ),
+        (
+            "window_fit",
+            "a block may land on a backed window inside a free chunk, not only at its start (0/1, default 1)",
+        ),
+        (
+            "lazy_release",
+            "before creating, release idle memory only as far as reserved memory would pass its high-water mark; 0: as much as is created (0/1, default 1)",
+        ),
+        (
             "load_only_burst",
             "only growth before a space's first free counts as a burst (0/1, default 1)",
         ),
@@ -106,6 +118,12 @@ fn build(spec: &PolicySpec) -> Result<Box<dyn Policy>, SpecError> {
         waste_permille: spec.parse_option("waste_permille", d.waste_permille, number)?,
         load_only_burst: spec.parse_option("load_only_burst", d.load_only_burst as u32, number)?
             != 0,
+        lean_handle: (spec
+            .parse_option("lean_handle_mb", (d.lean_handle >> 20) as u32, number)?
+            .max(2) as u64)
+            << 20,
+        window_fit: spec.parse_option("window_fit", d.window_fit as u32, number)? != 0,
+        lazy_release: spec.parse_option("lazy_release", d.lazy_release as u32, number)? != 0,
     };
     Ok(Box::new(Coalesce::new(config)))
 }
@@ -122,6 +140,9 @@ pub struct Config {
     pub search: usize,
     pub waste_permille: u32,
     pub load_only_burst: bool,
+    pub lean_handle: u64,
+    pub window_fit: bool,
+    pub lazy_release: bool,
 }
 
 impl Default for Config {
@@ -134,8 +155,11 @@ impl Default for Config {
             burst_div: 4,
             max_handle: 64 << 20,
             search: 32,
-            waste_permille: 10,
+            waste_permille: 12,
             load_only_burst: true,
+            lean_handle: 4 << 20,
+            window_fit: true,
+            lazy_release: true,
         }
     }
 }
@@ -179,6 +203,7 @@ impl Coalesce {
             return Ok(i);
         }
         let granule = dev.granularity();
+        let max_granules = |bytes: u64| (bytes / granule).max(1) as u32;
         let growth = Growth {
             ahead_div: self.config.ahead_div,
             cap_div: self.config.cap_div,
@@ -187,23 +212,23 @@ impl Coalesce {
             max_granules: if small {
                 1
             } else {
-                (self.config.max_handle / granule).max(1) as u32
+                max_granules(self.config.max_handle)
             },
             waste_permille: self.config.waste_permille,
+            lean_granules: max_granules(self.config.lean_handle),
+        };
+        let rules = Rules {
+            growth,
+            load_only_burst: self.config.load_only_burst,
+            window_fit: self.config.window_fit,
+            lazy_release: self.config.lazy_release,
         };
         let pool = self.pool.get_or_insert_with(|| Pool::new(granule));
         let size = dev
             .total_memory()
             .saturating_mul(self.config.va_factor as u64);
-        self.spaces.push(Space::reserve(
-            dev,
-            pool,
-            stream,
-            small,
-            size,
-            growth,
-            self.config.load_only_burst,
-        )?);
+        self.spaces
+            .push(Space::reserve(dev, pool, stream, small, size, rules)?);
         Ok(self.spaces.len() - 1)
     }
 
@@ -243,16 +268,17 @@ impl Policy for Coalesce {
         let pool = self.pool.as_ref().expect("created with the first space");
         let space = &self.spaces[i];
         let rounded = space.bfc.round(size).ok_or(PolicyError::TooLarge(size))?;
-        let (chunk, backed) = space
+        let place = space
             .choose(pool, rounded, self.config.search)
             .ok_or(PolicyError::TooLarge(size))?;
-        if backed {
+        if place.backed {
             // The common case: no physical memory to find.
-            let (addr, size) = self.spaces[i].take_backed(chunk, size);
+            let (addr, size) = self.spaces[i].take_backed(place, size);
             self.live_bytes += size;
             return Ok(Block { addr, size });
         }
-        let (g0, g1) = space.granule_range(space.bfc.chunk(chunk).addr, rounded);
+        let (g0, g1) =
+            space.granule_range(space.bfc.chunk(place.chunk).addr + place.offset, rounded);
         let idle = self.idle_handles(Some((i, g0, g1)));
         // The block being backed is live already: memory created for it is not waste.
         let live_granules =
@@ -266,7 +292,7 @@ impl Policy for Coalesce {
             now: self.tick,
             live_granules,
         };
-        let (addr, size) = self.spaces[i].take(&mut ctx, chunk, size)?;
+        let (addr, size) = self.spaces[i].take(&mut ctx, place, size)?;
         self.live_bytes += size;
         Ok(Block { addr, size })
     }

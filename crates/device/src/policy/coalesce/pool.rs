@@ -61,6 +61,8 @@ pub(super) struct Pool {
     spare: BTreeSet<(u32, u32)>,
     /// Granules held in handles (mapped or spare): the reserved memory.
     held: u64,
+    /// The most granules ever held at once.
+    peak_held: u64,
     /// Granules held in spare handles.
     spare_granules: u64,
 }
@@ -74,6 +76,7 @@ impl Pool {
             vacant: Vec::new(),
             spare: BTreeSet::new(),
             held: 0,
+            peak_held: 0,
             spare_granules: 0,
         }
     }
@@ -98,6 +101,11 @@ impl Pool {
     /// Granules held in handles: the reserved memory.
     pub fn held(&self) -> u64 {
         self.held
+    }
+
+    /// The most granules ever held at once: reserved memory's high-water mark.
+    pub fn peak_held(&self) -> u64 {
+        self.peak_held
     }
 
     pub fn granule(&self) -> u64 {
@@ -144,6 +152,16 @@ impl Pool {
         self.spaces[space as usize].bits[(g / 64) as usize] & (1 << (g % 64)) != 0
     }
 
+    /// The first run of mapped granules of `space` within `from..to`, as `(start, end)`.
+    /// Scans the bitmap a word at a time.
+    pub fn mapped_run(&self, space: u16, from: u32, to: u32) -> Option<(u32, u32)> {
+        let map = &self.spaces[space as usize];
+        let to = to.min(map.high);
+        let start = next_bit(&map.bits, from, to, true)?;
+        let end = next_bit(&map.bits, start, to, false).unwrap_or(to);
+        Some((start, end))
+    }
+
     /// Unmapped granules of `space` from `g` upwards, at most `max`.
     pub fn unmapped_run(&self, space: u16, g: u32, max: u32) -> u32 {
         let end =
@@ -182,6 +200,7 @@ impl Pool {
     /// Registers a new spare handle; returns its slot.
     pub fn add_handle(&mut self, phys: PhysHandle, granules: u32) -> u32 {
         self.held += granules as u64;
+        self.peak_held = self.peak_held.max(self.held);
         let rec = Handle {
             phys,
             granules,
@@ -349,6 +368,25 @@ impl Pool {
     }
 }
 
+/// The first bit in `from..to` equal to `set`.
+fn next_bit(bits: &[u64], from: u32, to: u32, set: bool) -> Option<u32> {
+    let mut g = from;
+    while g < to {
+        let word = if set {
+            bits[(g / 64) as usize]
+        } else {
+            !bits[(g / 64) as usize]
+        };
+        let rest = word >> (g % 64);
+        if rest != 0 {
+            let found = g + rest.trailing_zeros();
+            return (found < to).then_some(found);
+        }
+        g = (g / 64 + 1) * 64;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +403,10 @@ mod tests {
         assert!(!p.all_mapped(s, 150, 160));
         assert_eq!(p.unmapped_run(s, 0, 1000), 60);
         assert_eq!(p.unmapped_run(s, 160, 1000), 140);
+        assert_eq!(p.mapped_run(s, 0, 300), Some((60, 160)));
+        assert_eq!(p.mapped_run(s, 100, 130), Some((100, 130)), "clipped");
+        assert_eq!(p.mapped_run(s, 160, 300), None);
+        assert_eq!(p.mapped_run(s, 0, 60), None);
         let mut seen = vec![];
         p.handles_within(s, 0, 300, |h| seen.push(h));
         assert_eq!(seen, vec![h]);

@@ -9,8 +9,10 @@
 //!    it was, mapped here);
 //! 3. the largest spare, then such idle, handle smaller than the rest of the run;
 //! 4. new physical memory, sized by [`Growth`]. If spare or safely idle handles exist (all the
-//!    wrong size), they are released first until as many bytes are freed as will be created:
-//!    reserved memory does not grow while usable idle memory exists.
+//!    wrong size) and creating would raise reserved memory above its high-water mark, they are
+//!    released first, as far as needed to stay at the mark: the peak does not grow while
+//!    usable idle memory exists, and below the peak the cache is kept (no release-and-create
+//!    churn).
 
 use super::fences::Fences;
 use super::growth::Growth;
@@ -61,6 +63,29 @@ impl Ctx<'_> {
     }
 }
 
+/// Where a block goes: `offset` bytes into free chunk `chunk`; `backed` if every
+/// granule under it is mapped.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Placement {
+    pub chunk: ChunkId,
+    pub offset: u64,
+    pub backed: bool,
+}
+
+/// How a space places blocks and sizes physical memory: the policy's [`super::Config`],
+/// resolved per space.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Rules {
+    pub growth: Growth,
+    /// Only growth before the space's first free counts as a burst.
+    pub load_only_burst: bool,
+    /// A block may land on a backed window anywhere inside a free chunk, not only at its start.
+    pub window_fit: bool,
+    /// Before creating, release idle memory only as far as reserved memory would otherwise
+    /// pass its high-water mark (otherwise: as much as is created).
+    pub lazy_release: bool,
+}
+
 #[derive(Debug)]
 pub(super) struct Space {
     pub id: u16,
@@ -71,13 +96,11 @@ pub(super) struct Space {
     pub size: u64,
     granule: u64,
     pub bfc: Bfc,
-    growth: Growth,
+    rules: Rules,
     /// Granules allocated in the current burst (see [`Growth`]).
     burst: u32,
     /// A free has happened in this space.
     freed: bool,
-    /// Only growth before the first free counts as a burst.
-    load_only_burst: bool,
 }
 
 impl Space {
@@ -89,8 +112,7 @@ impl Space {
         stream: StreamId,
         small: bool,
         size: u64,
-        growth: Growth,
-        load_only_burst: bool,
+        rules: Rules,
     ) -> Result<Space, PolicyError> {
         let granule = dev.granularity();
         let size = size.div_ceil(granule).max(1) * granule;
@@ -114,10 +136,9 @@ impl Space {
             size,
             granule,
             bfc,
-            growth,
+            rules,
             burst: 0,
             freed: false,
-            load_only_burst,
         })
     }
 
@@ -145,39 +166,82 @@ impl Space {
         pool.all_mapped(self.id, g0, g1)
     }
 
-    /// The free chunk to serve `rounded` bytes from, and whether it is backed already: the best
-    /// fit, unless it would need backing and one of the next `search` candidates would not.
-    /// Filling mapped but unused memory first keeps partly used handles from being wasted at
-    /// peak, and saves the driver calls of backing.
+    /// Where to serve `rounded` bytes: a free chunk and an offset into it, and whether that
+    /// place is backed already. The best fit at its start, unless that would need backing and
+    /// one of the next `search` candidates has a backed window (anywhere inside it, so a block
+    /// that outgrew its predecessor's hole still lands on the hole's mapped granules). Filling
+    /// mapped but unused memory first keeps partly used handles from being wasted at peak, and
+    /// saves the driver calls of backing.
     #[inline]
-    pub fn choose(&self, pool: &Pool, rounded: u64, search: usize) -> Option<(ChunkId, bool)> {
+    pub fn choose(&self, pool: &Pool, rounded: u64, search: usize) -> Option<Placement> {
         let best = self.bfc.best_fit(rounded)?;
         if self.is_backed(pool, self.bfc.chunk(best).addr, rounded) {
-            return Some((best, true));
+            return Some(Placement {
+                chunk: best,
+                offset: 0,
+                backed: true,
+            });
         }
-        let backed = self.bfc.best_fit_where(rounded, search + 1, |addr| {
-            self.is_backed(pool, addr, rounded)
-        });
-        Some(backed.map_or((best, false), |c| (c, true)))
+        let mut offset = 0;
+        let backed = if self.rules.window_fit {
+            self.bfc.best_fit_where(rounded, search + 1, |addr, size| {
+                self.backed_offset(pool, addr, size, rounded)
+                    .map(|o| offset = o)
+                    .is_some()
+            })
+        } else {
+            self.bfc.best_fit_where(rounded, search + 1, |addr, _| {
+                self.is_backed(pool, addr, rounded)
+            })
+        };
+        Some(match backed {
+            Some(chunk) => Placement {
+                chunk,
+                offset,
+                backed: true,
+            },
+            None => Placement {
+                chunk: best,
+                offset: 0,
+                backed: false,
+            },
+        })
     }
 
-    /// Takes `chunk` (already backed) for `requested` bytes. Returns `(addr, size)`.
+    /// The offset of the first window of `rounded` bytes inside the free chunk at `addr` of
+    /// `size` bytes whose granules are all mapped (0 when the chunk's start is such a window).
+    fn backed_offset(&self, pool: &Pool, addr: u64, size: u64, rounded: u64) -> Option<u64> {
+        let (g0, g1) = self.granule_range(addr, size);
+        let end = addr + size;
+        let mut g = g0;
+        while let Some((r0, r1)) = pool.mapped_run(self.id, g, g1 + 1) {
+            let lo = self.va(r0).max(addr);
+            let hi = self.va(r1).min(end);
+            if hi >= lo + rounded {
+                return Some(lo - addr);
+            }
+            g = r1;
+        }
+        None
+    }
+
+    /// Takes the backed place `p` for `requested` bytes. Returns `(addr, size)`.
     #[inline]
-    pub fn take_backed(&mut self, chunk: ChunkId, requested: u64) -> (u64, u64) {
-        let a = self.bfc.alloc_chunk(chunk, requested, true);
+    pub fn take_backed(&mut self, p: Placement, requested: u64) -> (u64, u64) {
+        let a = self.bfc.alloc_chunk_at(p.chunk, p.offset, requested);
         self.note_growth(a.size);
         (a.addr, a.size)
     }
 
-    /// Takes `chunk` for `requested` bytes and backs what is unmapped under it. On failure the
-    /// chunk is given back. Returns `(addr, size)`.
+    /// Takes place `p` for `requested` bytes and backs what is unmapped under it. On failure
+    /// the block is given back. Returns `(addr, size)`.
     pub fn take(
         &mut self,
         ctx: &mut Ctx<'_>,
-        chunk: ChunkId,
+        p: Placement,
         requested: u64,
     ) -> Result<(u64, u64), PolicyError> {
-        let a = self.bfc.alloc_chunk(chunk, requested, true);
+        let a = self.bfc.alloc_chunk_at(p.chunk, p.offset, requested);
         self.note_growth(a.size);
         let (g0, g1) = self.granule_range(a.addr, a.size);
         if let Err(e) = self.back(ctx, g0, g1, requested) {
@@ -188,7 +252,7 @@ impl Space {
     }
 
     fn note_growth(&mut self, bytes: u64) {
-        if !(self.load_only_burst && self.freed) {
+        if !(self.rules.load_only_burst && self.freed) {
             self.burst = self
                 .burst
                 .saturating_add(bytes.div_ceil(self.granule) as u32);
@@ -290,7 +354,7 @@ impl Space {
             let need = r1 - at;
             let span = ctx
                 .pool
-                .unmapped_run(self.id, at, self.growth.max_granules.max(need));
+                .unmapped_run(self.id, at, self.rules.growth.max_granules.max(need));
             let h = match self.reusable(ctx, need, span) {
                 Ok(Some(h)) => h,
                 Ok(None) => match self.create(ctx, need, span, requested) {
@@ -319,7 +383,7 @@ impl Space {
         need: u32,
         span: u32,
     ) -> Result<Option<u32>, PolicyError> {
-        let max = span.min(self.growth.max_granules).max(1);
+        let max = span.min(self.rules.growth.max_granules).max(1);
         let want = need.min(max);
         if let Some(h) = ctx.pool.spare_fit(want, max) {
             return Ok(Some(h));
@@ -350,7 +414,8 @@ impl Space {
     }
 
     /// Creates a handle for the rest of a run, first releasing spare and safely idle handles
-    /// (all unsuitable here) so that reserved memory does not grow while they exist.
+    /// (all unsuitable here) so that reserved memory does not pass its high-water mark while
+    /// they exist.
     fn create(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -358,15 +423,27 @@ impl Space {
         span: u32,
         requested: u64,
     ) -> Result<u32, PolicyError> {
-        let n =
-            self.growth
-                .handle_granules(ctx.live_granules, ctx.pool.held(), self.burst, need, span);
-        let mut released = 0;
-        while released < n {
+        let n = self.rules.growth.handle_granules(
+            ctx.live_granules,
+            ctx.pool.held(),
+            self.burst,
+            need,
+            span,
+        );
+
+        // Below reserved memory's high-water mark keeping idle memory costs no peak, and a
+        // release now would only be followed by another create when it is needed again.
+        let excess = if self.rules.lazy_release {
+            (ctx.pool.held() + n as u64).saturating_sub(ctx.pool.peak_held())
+        } else {
+            n as u64
+        };
+        let mut released = 0u64;
+        while released < excess {
             let Some(freed) = release_largest(ctx)? else {
                 break;
             };
-            released += freed;
+            released += freed as u64;
         }
         let created = match ctx.dev.mem_create(n as u64 * self.granule) {
             // Mapping ahead is optional: on a full device, create just what is needed.

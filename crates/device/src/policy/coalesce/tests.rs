@@ -61,12 +61,31 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The default configuration and variants that take the other branch of each rule.
+fn config() -> impl Strategy<Value = Config> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        1u32..4,
+        prop_oneof![Just(1u32), Just(32)],
+    )
+        .prop_map(
+            |(window_fit, lazy_release, lean_granules, cap_div)| Config {
+                window_fit,
+                lazy_release,
+                lean_handle: lean_granules as u64 * 2 * MIB,
+                cap_div,
+                ..Config::default()
+            },
+        )
+}
+
 /// Random operations on three streams with the GPU `lag` ticks behind: every block is
 /// accessible and disjoint, invariants hold after every step, and no driver call is refused
 /// (in particular, no memory a stream may still use is ever unmapped).
-fn run_with_lag(lag: u64, ops: &[Op]) -> Result<(), TestCaseError> {
+fn run_with_lag(config: Config, lag: u64, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut dev = sim(2 << 30, lag);
-    let mut p = policy();
+    let mut p = Coalesce::new(config);
     let mut live: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for (step, op) in ops.iter().enumerate() {
         dev.tick();
@@ -107,8 +126,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn streams_lagging_behind_never_see_their_memory_moved(lag in prop_oneof![Just(0u64), 1u64..8, 20u64..200], ops in prop::collection::vec(op(), 1..1500)) {
-        run_with_lag(lag, &ops)?;
+    fn streams_lagging_behind_never_see_their_memory_moved(config in config(), lag in prop_oneof![Just(0u64), 1u64..8, 20u64..200], ops in prop::collection::vec(op(), 1..1500)) {
+        run_with_lag(config, lag, &ops)?;
     }
 }
 
@@ -140,6 +159,86 @@ fn idle_memory_moves_to_where_it_is_needed_instead_of_growing() {
         reserved >> 20,
         dev.meter().reserved_bytes >> 20
     );
+}
+
+/// Builds a free chunk whose first half is unmapped and second half mapped, then asks for a
+/// block of half its size. Returns where the block went relative to the chunk's halves and
+/// the driver calls it took.
+fn half_mapped_chunk(config: Config) -> (&'static str, u64) {
+    let mut dev = sim(80 << 30, 0);
+    let mut p = Coalesce::new(config);
+    let s = StreamId(0);
+    // Past the load phase, with a pool this small every handle is one granule.
+    let warm = p.alloc(&mut dev, 2 * MIB, s).unwrap();
+    free_as_gpu(&mut p, &mut dev, warm.addr, warm.size, s).unwrap();
+    let a = p.alloc(&mut dev, 8 * MIB, s).unwrap();
+    let b = p.alloc(&mut dev, 8 * MIB, s).unwrap();
+    let _separator = p.alloc(&mut dev, 8 * MIB, s).unwrap();
+    free_as_gpu(&mut p, &mut dev, a.addr, a.size, s).unwrap();
+    // Another stream's block takes a's idle granules: a's range is unmapped now.
+    p.alloc(&mut dev, 8 * MIB, StreamId(1)).unwrap();
+    free_as_gpu(&mut p, &mut dev, b.addr, b.size, s).unwrap();
+    let before = dev.meter().calls.memory_calls();
+    let block = p.alloc(&mut dev, 8 * MIB, s).unwrap();
+    p.check_invariants().unwrap();
+    let calls = dev.meter().calls.memory_calls() - before;
+    let place = match block.addr {
+        x if x == a.addr => "start",
+        x if x == b.addr => "mapped half",
+        _ => "elsewhere",
+    };
+    (place, calls)
+}
+
+#[test]
+fn a_block_lands_on_mapped_memory_inside_a_free_chunk() {
+    assert_eq!(
+        half_mapped_chunk(Config::default()),
+        ("mapped half", 0),
+        "no driver call: the chunk's mapped half serves it"
+    );
+    let (place, calls) = half_mapped_chunk(Config {
+        window_fit: false,
+        ..Config::default()
+    });
+    assert_eq!(place, "start");
+    assert!(
+        calls >= 8,
+        "start only: memory moved under the block ({calls} calls)"
+    );
+}
+
+#[test]
+fn idle_memory_is_released_only_to_stay_under_the_high_water_mark() {
+    let run = |lazy_release: bool| {
+        let mut dev = sim(80 << 30, 0);
+        let mut p = Coalesce::new(Config {
+            lazy_release,
+            ..Config::default()
+        });
+        let s = StreamId(0);
+        let x = p.alloc(&mut dev, 64 * MIB, s).unwrap();
+        p.alloc(&mut dev, 64 * MIB, s).unwrap();
+        free_as_gpu(&mut p, &mut dev, x.addr, x.size, s).unwrap();
+        let peak = dev.meter().peak_reserved_bytes;
+        // Small objects need granules of their own; x's large idle handles cannot serve them.
+        for _ in 0..12 {
+            p.alloc(&mut dev, MIB, s).unwrap();
+            assert!(dev.meter().reserved_bytes <= peak, "never above the mark");
+            p.check_invariants().unwrap();
+        }
+        (
+            count(&dev, DriverCall::MemRelease),
+            count(&dev, DriverCall::MemCreate),
+        )
+    };
+    let (lazy_releases, lazy_creates) = run(true);
+    let (eager_releases, eager_creates) = run(false);
+    assert_eq!(
+        lazy_releases, 1,
+        "one idle handle released, to make room under the mark"
+    );
+    assert!(eager_releases > lazy_releases && eager_creates >= lazy_creates);
 }
 
 #[test]
