@@ -78,6 +78,11 @@ struct BenchArgs {
     /// Memory of the simulated GPU.
     #[arg(long, default_value = "80GiB", value_parser = parse_size)]
     capacity: u64,
+
+    /// Run every synthetic generator with seeds 1 to N (named NAME@SEED beyond seed 1):
+    /// traces the policy was not tuned on, to check that its results generalize.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    seeds: u64,
 }
 
 #[derive(Subcommand)]
@@ -296,7 +301,7 @@ fn run_bench(args: BenchArgs) -> ExitCode {
     let mut traces = if args.only {
         vec![]
     } else {
-        match bench::default_traces() {
+        match bench::default_traces(args.seeds) {
             Ok(t) => t,
             Err(e) => return fail(EXIT_BAD_INPUT, e),
         }
@@ -331,9 +336,10 @@ fn run_bench(args: BenchArgs) -> ExitCode {
         let goals = bench::goals(&rows);
         if !goals.is_empty() {
             println!(
-                "\n{}\n{}",
+                "\n{}\n{}\n{}",
                 bench::report::goals_heading(),
-                bench::report::goals_table(&goals)
+                bench::report::goals_table(&goals),
+                bench::report::goals_summary(&goals)
             );
         }
     }

@@ -99,6 +99,61 @@ fn the_goal_table_judges_coalesce_against_its_peers() {
     ] {
         assert!(out.contains(needle), "lacks {needle:?}:\n{out}");
     }
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("goals met on 1 traces: reserved "))
+        .unwrap_or_else(|| panic!("no summary line:\n{out}"));
+    // The summary counts what the table says, goal by goal.
+    let table_ratio_ok = out
+        .lines()
+        .any(|l| l.contains("tiny") && l.contains("┆ yes ("));
+    assert_eq!(
+        summary.contains("reserved 1/1"),
+        table_ratio_ok,
+        "{summary}\n{out}"
+    );
+}
+
+#[test]
+fn seeds_add_every_generator_at_each_seed() {
+    let o = coalesce(&[
+        "bench",
+        "--seeds",
+        "2",
+        "--repeats",
+        "1",
+        "-p",
+        "coalesce",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let traces: Vec<String> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["trace"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for name in [
+        "gpt2_train",
+        "synth-kv-cache",
+        "synth-kv-cache@2",
+        "synth-fragmenter@2",
+    ] {
+        assert!(
+            traces.iter().any(|t| t == name),
+            "{name} missing from {traces:?}"
+        );
+    }
+    assert!(
+        !traces
+            .iter()
+            .any(|t| t.ends_with("@1") || t.ends_with("@3")),
+        "{traces:?}"
+    );
 }
 
 #[test]

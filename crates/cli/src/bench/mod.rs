@@ -54,14 +54,17 @@ pub struct Goals {
     pub driver_ok: bool,
 }
 
-/// The bundled traces plus every synthetic generator at seed 1.
-pub fn default_traces() -> Result<Vec<Trace>, String> {
+/// The bundled traces plus every synthetic generator at seeds `1..=seeds`. Seed 1 is the
+/// one the policy's defaults were chosen on; the others check that the choice generalizes.
+pub fn default_traces(seeds: u64) -> Result<Vec<Trace>, String> {
     let mut traces = Vec::new();
     for path in replay::bundled_traces()? {
         traces.extend(replay::load_trace(&path).map_err(|e| e.to_string())?);
     }
-    for g in coalesce_trace::synth::GENERATORS {
-        traces.push(replay::synth_trace(g.name)?);
+    for seed in 1..=seeds {
+        for g in coalesce_trace::synth::GENERATORS {
+            traces.push(replay::synth_trace(&format!("{}@{seed}", g.name))?);
+        }
     }
     Ok(traces)
 }

@@ -83,6 +83,19 @@ pub fn goals_table(goals: &[Goals]) -> Table {
     t
 }
 
+/// How many traces met each goal, e.g. `goals met: reserved 19/27, CPU 20/27, driver 14/27`.
+pub fn goals_summary(goals: &[Goals]) -> String {
+    let n = goals.len();
+    let met = |f: fn(&Goals) -> bool| goals.iter().filter(|g| f(g)).count();
+    format!(
+        "goals met on {n} traces: reserved {}/{n}, CPU {}/{n}, driver time {}/{n}, all three {}/{n}",
+        met(|g| g.ratio_ok),
+        met(|g| g.cpu_ok),
+        met(|g| g.driver_ok),
+        met(|g| g.ratio_ok && g.cpu_ok && g.driver_ok),
+    )
+}
+
 /// The heading of the goals table.
 pub fn goals_heading() -> String {
     format!("Goals of `{SUBJECT}` per trace (peers measured in this run):")

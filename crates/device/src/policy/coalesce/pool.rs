@@ -36,18 +36,39 @@ pub(super) struct Handle {
     pub place: Place,
 }
 
-/// The mapping state of one space.
+/// The mapping state of one space. The table and bitmap cover granules up to the highest
+/// ever mapped (`high`, rounded up to a bitmap word), not the whole reservation: a space
+/// reserves twice the device's memory, and its tables must not cost memory (and page faults)
+/// in proportion to that.
 #[derive(Debug)]
 struct SpaceMap {
     base: u64,
-    /// The handle mapped under each granule, or `NONE`.
+    /// Granules in the space's reservation.
+    granules: u32,
+    /// The handle mapped under each granule below the table's length, or `NONE`.
     table: Vec<u32>,
-    /// One bit per granule: mapped.
+    /// One bit per granule below the table's length: mapped. Granules beyond are unmapped.
     bits: Vec<u64>,
     /// No granule at or above this has ever been mapped (bounds scans of huge free ranges).
     high: u32,
     /// Granules mapped in this space.
     mapped: u64,
+}
+
+impl SpaceMap {
+    /// Makes the table and bitmap cover granules below `end`.
+    fn cover(&mut self, end: u32) {
+        let words = end.div_ceil(64) as usize;
+        if words > self.bits.len() {
+            self.bits.resize(words, 0);
+            self.table.resize(words * 64, NONE);
+        }
+    }
+
+    #[inline]
+    fn word(&self, g: u32) -> u64 {
+        self.bits.get((g / 64) as usize).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Debug)]
@@ -82,11 +103,12 @@ impl Pool {
     }
 
     /// Adds the mapping state of a new space at `base` of `granules` granules; returns its id.
-    pub fn add_space(&mut self, base: u64, granules: usize) -> u16 {
+    pub fn add_space(&mut self, base: u64, granules: u32) -> u16 {
         self.spaces.push(SpaceMap {
             base,
-            table: vec![NONE; granules],
-            bits: vec![0; granules.div_ceil(64)],
+            granules,
+            table: Vec::new(),
+            bits: Vec::new(),
             high: 0,
             mapped: 0,
         });
@@ -139,6 +161,9 @@ impl Pool {
     pub fn all_mapped(&self, space: u16, g0: u32, g1: u32) -> bool {
         let bits = &self.spaces[space as usize].bits;
         let (w0, w1) = ((g0 / 64) as usize, (g1 / 64) as usize);
+        if w1 >= bits.len() {
+            return false;
+        }
         let lo = !0u64 << (g0 % 64);
         let hi = !0u64 >> (63 - g1 % 64);
         if w0 == w1 {
@@ -149,7 +174,7 @@ impl Pool {
 
     #[inline]
     fn is_mapped(&self, space: u16, g: u32) -> bool {
-        self.spaces[space as usize].bits[(g / 64) as usize] & (1 << (g % 64)) != 0
+        self.spaces[space as usize].word(g) & (1 << (g % 64)) != 0
     }
 
     /// The first run of mapped granules of `space` within `from..to`, as `(start, end)`.
@@ -164,8 +189,11 @@ impl Pool {
 
     /// Unmapped granules of `space` from `g` upwards, at most `max`.
     pub fn unmapped_run(&self, space: u16, g: u32, max: u32) -> u32 {
-        let end =
-            (g as u64 + max as u64).min(self.spaces[space as usize].table.len() as u64) as u32;
+        let map = &self.spaces[space as usize];
+        let end = (g as u64 + max as u64).min(map.granules as u64) as u32;
+        if g >= map.high {
+            return end.saturating_sub(g);
+        }
         (g..end).take_while(|&x| !self.is_mapped(space, x)).count() as u32
     }
 
@@ -176,7 +204,7 @@ impl Pool {
         let to = to.min(map.high);
         let mut g = from;
         while g < to {
-            if map.bits[(g / 64) as usize] >> (g % 64) == 0 {
+            if map.word(g) >> (g % 64) == 0 {
                 g = (g / 64 + 1) * 64;
                 continue;
             }
@@ -240,6 +268,7 @@ impl Pool {
         self.spare.remove(&(n, h));
         self.spare_granules -= n as u64;
         let map = &mut self.spaces[space as usize];
+        map.cover(at + n);
         for g in at..at + n {
             debug_assert_eq!(map.table[g as usize], NONE, "granule {g} mapped twice");
             map.table[g as usize] = h;
@@ -295,6 +324,11 @@ impl Pool {
                 "space {space}: {mapped} granules mapped, counter says {}",
                 map.mapped
             ));
+        }
+        if map.table.len() != map.bits.len() * 64
+            || map.table.len() > map.granules.next_multiple_of(64) as usize
+        {
+            return Err(format!("space {space}: table and bitmap sizes disagree"));
         }
         for (g, &h) in map.table.iter().enumerate() {
             let g = g as u32;
@@ -372,11 +406,8 @@ impl Pool {
 fn next_bit(bits: &[u64], from: u32, to: u32, set: bool) -> Option<u32> {
     let mut g = from;
     while g < to {
-        let word = if set {
-            bits[(g / 64) as usize]
-        } else {
-            !bits[(g / 64) as usize]
-        };
+        let stored = bits.get((g / 64) as usize).copied().unwrap_or(0);
+        let word = if set { stored } else { !stored };
         let rest = word >> (g % 64);
         if rest != 0 {
             let found = g + rest.trailing_zeros();

@@ -115,19 +115,20 @@ impl Space {
         rules: Rules,
     ) -> Result<Space, PolicyError> {
         let granule = dev.granularity();
-        let size = size.div_ceil(granule).max(1) * granule;
+        // Granule indexes are u32: 2^32 granules of 2 MiB is 8 PiB, beyond any GPU's range.
+        let granules = size.div_ceil(granule).clamp(1, u32::MAX as u64);
+        let size = granules * granule;
         let base = dev.address_reserve(size)?;
         let mut bfc = Bfc::new(BfcConfig::default());
-        bfc.add_region(base, size).map_err(|e| {
-            PolicyError::Backend(BackendError::Invalid {
+        if let Err(e) = bfc.add_region(base, size) {
+            // A backend handing out an unaligned range: give it back, report it.
+            let _ = dev.address_free(base, size);
+            return Err(PolicyError::Backend(BackendError::Invalid {
                 call: DriverCall::AddressReserve,
                 reason: e.to_string(),
-            })
-        })?;
-        let id = pool.add_space(
-            base,
-            usize::try_from(size / granule).expect("granule count fits usize"),
-        );
+            }));
+        }
+        let id = pool.add_space(base, granules as u32);
         Ok(Space {
             id,
             stream,
