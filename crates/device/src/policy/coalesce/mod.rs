@@ -174,6 +174,8 @@ pub struct Coalesce {
     /// One tick per alloc or free: the clock fences are measured in.
     tick: u64,
     live_bytes: u64,
+    /// Reused buffer of idle handles for the backing path (kept to save an allocation per call).
+    idle_scratch: Vec<Idle>,
 }
 
 impl Coalesce {
@@ -185,6 +187,7 @@ impl Coalesce {
             spaces: Vec::new(),
             tick: 0,
             live_bytes: 0,
+            idle_scratch: Vec::new(),
         }
     }
 
@@ -234,16 +237,17 @@ impl Coalesce {
 
     /// Idle handles of every space, except those overlapping granules `skip.1..=skip.2` of
     /// space `skip.0`.
-    fn idle_handles(&self, skip: Option<(usize, u32, u32)>) -> Vec<Idle> {
+    fn idle_handles(&mut self, skip: Option<(usize, u32, u32)>) -> Vec<Idle> {
+        let mut idle = std::mem::take(&mut self.idle_scratch);
+        idle.clear();
         let Some(pool) = self.pool.as_ref() else {
-            return Vec::new();
+            return idle;
         };
         // An idle handle is a whole granule or more of mapped memory without live data: with
         // less mapped memory than that beyond what is live, there is none (growth phases).
         if pool.mapped_bytes() < self.live_bytes + pool.granule() {
-            return Vec::new();
+            return idle;
         }
-        let mut idle = Vec::new();
         for (k, space) in self.spaces.iter().enumerate() {
             let skip = skip.filter(|s| s.0 == k).map(|s| (s.1, s.2));
             space.idle_handles(pool, skip, &mut idle);
@@ -292,7 +296,9 @@ impl Policy for Coalesce {
             now: self.tick,
             live_granules,
         };
-        let (addr, size) = self.spaces[i].take(&mut ctx, place, size)?;
+        let taken = self.spaces[i].take(&mut ctx, place, size);
+        self.idle_scratch = ctx.idle;
+        let (addr, size) = taken?;
         self.live_bytes += size;
         Ok(Block { addr, size })
     }
