@@ -75,7 +75,7 @@ pub(super) const INFO: PolicyInfo = PolicyInfo {
         ),
         (
             "waste_permille",
-            "above this much held-but-not-live memory (permille of live), new handles stay minimal (default 10)",
+            "above this much held-but-not-live memory (permille of live), new handles are lean (see lean_handle_mb; default 12)",
         ),
         (
             "lean_handle_mb",
@@ -102,8 +102,13 @@ fn number(v: &str) -> Result<u32, String> {
 }
 
 fn build(spec: &PolicySpec) -> Result<Box<dyn Policy>, SpecError> {
+    Ok(Box::new(Coalesce::new(config_from(spec)?)))
+}
+
+/// The configuration `spec`'s options describe (defaults for those it leaves out).
+fn config_from(spec: &PolicySpec) -> Result<Config, SpecError> {
     let d = Config::default();
-    let config = Config {
+    Ok(Config {
         va_factor: spec.parse_option("va_factor", d.va_factor, number)?.max(1),
         small_max: spec.parse_option("small_max_kb", (d.small_max >> 10) as u32, number)? as u64
             * 1024,
@@ -124,8 +129,7 @@ fn build(spec: &PolicySpec) -> Result<Box<dyn Policy>, SpecError> {
             << 20,
         window_fit: spec.parse_option("window_fit", d.window_fit as u32, number)? != 0,
         lazy_release: spec.parse_option("lazy_release", d.lazy_release as u32, number)? != 0,
-    };
-    Ok(Box::new(Coalesce::new(config)))
+    })
 }
 
 /// Tunables of the policy (see the option list in [`INFO`]).

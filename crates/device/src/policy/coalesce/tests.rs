@@ -343,3 +343,31 @@ fn empty_cache_waits_for_streams_then_returns_everything() {
         "it synchronized before unmapping"
     );
 }
+
+/// Each option's help text names its default (`coalesce policies` prints it): setting every
+/// option to that value must give the default configuration, and the other value must not.
+#[test]
+fn documented_defaults_are_the_defaults() {
+    for (name, help) in INFO.options {
+        let default = help
+            .split("default ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .filter(|digits| !digits.is_empty())
+            .unwrap_or_else(|| panic!("option {name}: help text names no default: {help}"));
+        let spec = PolicySpec::parse(&format!("coalesce:{name}:{default}")).unwrap();
+        assert_eq!(
+            config_from(&spec).unwrap(),
+            Config::default(),
+            "option {name}: help says default {default}"
+        );
+        let other: u32 = default.parse::<u32>().unwrap() + 3;
+        let spec = PolicySpec::parse(&format!("coalesce:{name}:{other}")).unwrap();
+        let differs = config_from(&spec).unwrap() != Config::default();
+        // 0/1 switches read any non-zero value as on.
+        assert!(
+            differs || default != "0" && help.contains("0/1"),
+            "option {name} has no effect on the configuration"
+        );
+    }
+}
