@@ -232,13 +232,10 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
     } else {
         args.traces.clone()
     };
-    let mut traces = Vec::new();
-    for path in &paths {
-        match replay::load_trace(path) {
-            Ok(ts) => traces.extend(ts),
-            Err(e) => return fail(EXIT_BAD_INPUT, e),
-        }
-    }
+    let mut traces = match replay::load_traces(&paths) {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
     for name in &args.synth {
         match replay::synth_trace(name) {
             Ok(t) => traces.push(t),
@@ -268,13 +265,27 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
     } else {
         println!("{}", table::replay_table(&results));
     }
-    if let Some(dir) = &args.plot {
-        for t in &traces {
-            let of_trace: Vec<_> = results.iter().filter(|r| r.trace == t.name).collect();
-            match plot::write_trace_plot(dir, &of_trace) {
-                Ok(path) => eprintln!("wrote {}", path.display()),
-                Err(e) => return fail(1, e),
-            }
+    match &args.plot {
+        Some(dir) => write_plots(dir, &traces, &results.iter().collect::<Vec<_>>()),
+        None => ExitCode::SUCCESS,
+    }
+}
+
+/// Writes one SVG per trace into `dir` from the results of that trace.
+fn write_plots(
+    dir: &std::path::Path,
+    traces: &[coalesce_trace::Trace],
+    results: &[&replay::ReplayResult],
+) -> ExitCode {
+    for t in traces {
+        let of_trace: Vec<_> = results
+            .iter()
+            .copied()
+            .filter(|r| r.trace == t.name)
+            .collect();
+        match plot::write_trace_plot(dir, &of_trace) {
+            Ok(path) => eprintln!("wrote {}", path.display()),
+            Err(e) => return fail(1, e),
         }
     }
     ExitCode::SUCCESS
@@ -306,11 +317,9 @@ fn run_bench(args: BenchArgs) -> ExitCode {
             Err(e) => return fail(EXIT_BAD_INPUT, e),
         }
     };
-    for path in &args.traces {
-        match replay::load_trace(path) {
-            Ok(ts) => traces.extend(ts),
-            Err(e) => return fail(EXIT_BAD_INPUT, e),
-        }
+    match replay::load_traces(&args.traces) {
+        Ok(t) => traces.extend(t),
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
     }
     for t in &traces {
         report_warnings(t);
@@ -343,20 +352,14 @@ fn run_bench(args: BenchArgs) -> ExitCode {
             );
         }
     }
-    if let Some(dir) = &args.plot {
-        for t in &traces {
-            let of_trace: Vec<_> = rows
-                .iter()
-                .map(|r| &r.result)
-                .filter(|r| r.trace == t.name)
-                .collect();
-            match plot::write_trace_plot(dir, &of_trace) {
-                Ok(path) => eprintln!("wrote {}", path.display()),
-                Err(e) => return fail(1, e),
-            }
-        }
+    match &args.plot {
+        Some(dir) => write_plots(
+            dir,
+            &traces,
+            &rows.iter().map(|r| &r.result).collect::<Vec<_>>(),
+        ),
+        None => ExitCode::SUCCESS,
     }
-    ExitCode::SUCCESS
 }
 
 fn run_synth(args: SynthArgs) -> ExitCode {

@@ -57,10 +57,7 @@ pub struct Goals {
 /// The bundled traces plus every synthetic generator at seeds `1..=seeds`. Seed 1 is the
 /// one the policy's defaults were chosen on; the others check that the choice generalizes.
 pub fn default_traces(seeds: u64) -> Result<Vec<Trace>, String> {
-    let mut traces = Vec::new();
-    for path in replay::bundled_traces()? {
-        traces.extend(replay::load_trace(&path).map_err(|e| e.to_string())?);
-    }
+    let mut traces = replay::load_traces(&replay::bundled_traces()?).map_err(|e| e.to_string())?;
     for seed in 1..=seeds {
         for g in coalesce_trace::synth::GENERATORS {
             traces.push(replay::synth_trace(&format!("{}@{seed}", g.name))?);

@@ -96,6 +96,15 @@ pub fn load_trace(path: &Path) -> Result<Vec<Trace>, TraceError> {
         .collect())
 }
 
+/// Reads every file of `paths` in order; a file may hold several traces (one per device).
+pub fn load_traces(paths: &[PathBuf]) -> Result<Vec<Trace>, TraceError> {
+    let mut traces = Vec::new();
+    for path in paths {
+        traces.extend(load_trace(path)?);
+    }
+    Ok(traces)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ mod load;
 mod series;
 
 pub use engine::{ReplayConfig, ReplayError, ReplayResult, median, replay};
-pub use load::{bundled_traces, load_trace, synth_trace};
+pub use load::{bundled_traces, load_trace, load_traces, synth_trace};
 pub use series::Series;
 
 use coalesce_device::policy::PolicySpec;
