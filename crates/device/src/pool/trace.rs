@@ -17,6 +17,7 @@
 
 use crate::backend::{DevAddr, StreamId};
 use crate::policy::Segment;
+use coalesce_trace::{Action, RawEvent};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -31,14 +32,20 @@ pub enum TraceAction {
     FreeCompleted,
 }
 
+impl From<TraceAction> for Action {
+    fn from(a: TraceAction) -> Action {
+        match a {
+            TraceAction::Alloc => Action::Alloc,
+            TraceAction::FreeRequested => Action::FreeRequested,
+            TraceAction::FreeCompleted => Action::FreeCompleted,
+        }
+    }
+}
+
 impl TraceAction {
     /// PyTorch's spelling, as trace files use it.
     pub fn name(self) -> &'static str {
-        match self {
-            TraceAction::Alloc => "alloc",
-            TraceAction::FreeRequested => "free_requested",
-            TraceAction::FreeCompleted => "free_completed",
-        }
+        Action::from(self).name()
     }
 }
 
@@ -124,22 +131,24 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Writes the snapshot as a CSV trace (see the [module docs](self)).
-    pub fn write_csv(&self, mut out: impl Write) -> io::Result<()> {
-        writeln!(out, "action,addr,size,stream")?;
-        for s in &self.segments {
-            writeln!(out, "segment_alloc,{},{},{}", s.addr, s.size, s.stream.0)?;
-        }
-        for e in self.live_before_trace.iter().chain(&self.trace) {
-            writeln!(
-                out,
-                "{},{},{},{}",
-                e.action.name(),
-                e.addr,
-                e.size,
-                e.stream.0
-            )?;
-        }
-        out.flush()
+    pub fn write_csv(&self, out: impl Write) -> io::Result<()> {
+        let event = |action, addr, size, stream: StreamId| RawEvent {
+            action,
+            addr,
+            size,
+            stream: stream.0,
+            location: 0,
+        };
+        let segments = self
+            .segments
+            .iter()
+            .map(|s| event(Action::SegmentAlloc, s.addr, s.size, s.stream));
+        let blocks = self
+            .live_before_trace
+            .iter()
+            .chain(&self.trace)
+            .map(|e| event(e.action.into(), e.addr, e.size, e.stream));
+        coalesce_trace::write_csv(&segments.chain(blocks).collect::<Vec<_>>(), out)
     }
 }
 
