@@ -357,7 +357,9 @@ impl Policy for Coalesce {
             now: self.tick,
             live_granules: 0,
         };
-        space::trim(&mut ctx)
+        let trimmed = space::trim(&mut ctx);
+        self.idle_scratch = ctx.idle;
+        trimmed
     }
 
     fn usage(&self) -> Usage {
