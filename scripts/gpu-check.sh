@@ -27,7 +27,7 @@ die() { echo "gpu-check: $*" >&2; exit 1; }
 build() {
     command -v cargo >/dev/null || die "build needs cargo; on the GPU machine use: $0 run"
     (cd "$root" && cargo build --release -p coalesce-capi \
-        && cargo build --release -p coalesce-device --example gpu_smoke)
+        && cargo build --release -p coalesce-pool --example gpu_smoke)
     mkdir -p "$bundle"
     cp "$root/target/release/libcoalesce.so" "$root/target/release/examples/gpu_smoke" "$bundle/"
     # Debug info is for local profiling; the carried copies only need to run.

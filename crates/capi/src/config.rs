@@ -8,11 +8,11 @@
 //! | `COALESCE_TRACE_ENTRIES` | events kept for snapshots | 100000 |
 //! | `COALESCE_SIM_CAPACITY` | bytes of the simulated device | 80 GiB |
 
-use coalesce_device::backend::Backend;
-use coalesce_device::backend::cuda::CudaBackend;
-use coalesce_device::backend::sim::{SimConfig, SimDevice};
-use coalesce_device::policy::PolicySpec;
-use coalesce_device::pool::{DEFAULT_TRACE_ENTRIES, MemoryLimit, PoolConfig, default_policy};
+use coalesce_backend::Backend;
+use coalesce_backend::cuda::CudaBackend;
+use coalesce_backend::sim::{SimConfig, SimDevice};
+use coalesce_policy::PolicySpec;
+use coalesce_pool::{DEFAULT_TRACE_ENTRIES, MemoryLimit, PoolConfig, default_policy};
 
 /// Which backend the pools use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

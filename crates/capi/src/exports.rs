@@ -3,8 +3,8 @@
 use crate::ffi::{boundary, copy_out, last_error, set_last_error};
 use crate::pools::pool;
 use crate::stats_json;
-use coalesce_device::backend::StreamId;
-use coalesce_device::pool::MemoryLimit;
+use coalesce_backend::StreamId;
+use coalesce_pool::MemoryLimit;
 use std::ffi::{CStr, OsStr, c_char, c_int, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //!   error);
 //! - reports failure by its return value (NULL, 0 or -1) and leaves a message for
 //!   [`coalesce_last_error`] in the calling thread;
-//! - is thread-safe: one lazily created [`DevicePool`](coalesce_device::pool::DevicePool) per
+//! - is thread-safe: one lazily created [`DevicePool`](coalesce_pool::DevicePool) per
 //!   device, configured from the environment (see `config.rs`).
 
 mod config;

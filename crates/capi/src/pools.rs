@@ -6,7 +6,7 @@
 //! instead of retrying the driver.
 
 use crate::config;
-use coalesce_device::pool::{DevicePool, PoolError};
+use coalesce_pool::{DevicePool, PoolError};
 use std::sync::OnceLock;
 
 /// Devices addressable through the C ABI.

@@ -1,6 +1,6 @@
 //! [`PoolStats`] as the JSON object `coalesce_stats_json` writes.
 
-use coalesce_device::pool::PoolStats;
+use coalesce_pool::PoolStats;
 use serde_json::{Map, Value, json};
 
 /// Every figure of `s`; `driver_calls` is the total, `driver_calls_by_kind` the breakdown.

@@ -7,9 +7,9 @@
 
 mod common;
 
+use coalesce_backend::sim::SimConfig;
 use coalesce_cli::replay::{ReplayConfig, replay_all};
-use coalesce_device::backend::sim::SimConfig;
-use coalesce_device::policy::PolicySpec;
+use coalesce_policy::PolicySpec;
 use common::{lib_dir, scratch, text};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -193,7 +193,7 @@ fn a_bad_environment_is_a_clean_error() {
 
 #[test]
 fn without_a_gpu_the_cuda_backend_fails_cleanly() {
-    if coalesce_device::backend::cuda::driver_status().is_ok() {
+    if coalesce_backend::cuda::driver_status().is_ok() {
         common::skip("a CUDA driver is present");
         return;
     }

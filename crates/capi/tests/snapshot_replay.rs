@@ -3,11 +3,11 @@
 
 mod common;
 
+use coalesce_backend::StreamId;
+use coalesce_backend::sim::{SimConfig, SimDevice};
 use coalesce_cli::replay::{ReplayConfig, ReplayResult, load_trace, replay_all};
-use coalesce_device::backend::StreamId;
-use coalesce_device::backend::sim::{SimConfig, SimDevice};
-use coalesce_device::policy::PolicySpec;
-use coalesce_device::pool::{DevicePool, PoolConfig};
+use coalesce_policy::PolicySpec;
+use coalesce_pool::{DevicePool, PoolConfig};
 use common::scratch;
 
 const MIB: u64 = 1 << 20;

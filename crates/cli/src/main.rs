@@ -1,12 +1,12 @@
 //! `coalesce`: replay real allocator traces on a simulated device and compare policies.
 
 use clap::{Args, Parser, Subcommand};
+use coalesce_backend::sim::SimConfig;
 use coalesce_cli::bench;
 use coalesce_cli::replay::{self, ReplayConfig};
 use coalesce_cli::report::{json, plot, table};
 use coalesce_cli::units::parse_size;
-use coalesce_device::backend::sim::SimConfig;
-use coalesce_device::policy::{PolicySpec, REGISTRY, registry};
+use coalesce_policy::{PolicySpec, REGISTRY, registry};
 use coalesce_trace::{synth, write_csv};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! Estimated driver time: calls and bytes times a per-call cost table.
 
-use coalesce_device::backend::{DriverCall, DriverCalls};
+use coalesce_backend::{DriverCall, DriverCalls};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,7 +61,7 @@ impl CostTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coalesce_device::backend::Meter;
+    use coalesce_backend::Meter;
 
     #[test]
     fn the_bundled_table_covers_every_call_and_cites_a_source() {

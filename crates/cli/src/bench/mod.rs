@@ -11,7 +11,7 @@ pub mod report;
 pub use costs::CostTable;
 
 use crate::replay::{self, ReplayConfig, ReplayError, ReplayResult};
-use coalesce_device::policy::PolicySpec;
+use coalesce_policy::PolicySpec;
 use coalesce_trace::Trace;
 
 /// The peer CPU costs are compared with.

@@ -8,9 +8,9 @@
 //!   dropping the policy are outside the timed region.
 
 use super::series::Series;
-use coalesce_device::backend::sim::{SimConfig, SimDevice};
-use coalesce_device::backend::{Backend, DriverCalls, StreamId};
-use coalesce_device::policy::{self, Policy, PolicyError, PolicySpec, alloc_with_recovery};
+use coalesce_backend::sim::{SimConfig, SimDevice};
+use coalesce_backend::{Backend, DriverCalls, StreamId};
+use coalesce_policy::{self as policy, Policy, PolicyError, PolicySpec, alloc_with_recovery};
 use coalesce_trace::{Op, Trace};
 use std::time::Instant;
 

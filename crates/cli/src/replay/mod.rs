@@ -8,7 +8,7 @@ pub use engine::{ReplayConfig, ReplayError, ReplayResult, median, replay};
 pub use load::{bundled_traces, load_trace, load_traces, synth_trace};
 pub use series::Series;
 
-use coalesce_device::policy::PolicySpec;
+use coalesce_policy::PolicySpec;
 use coalesce_trace::Trace;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;

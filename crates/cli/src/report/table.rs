@@ -119,7 +119,7 @@ fn calls(r: &ReplayResult) -> String {
 mod tests {
     use super::*;
     use crate::replay::Series;
-    use coalesce_device::backend::DriverCalls;
+    use coalesce_backend::DriverCalls;
 
     fn result(trace: &str, policy: &str, allocs: u64, events: u64) -> ReplayResult {
         let peak_requested = 1 << 30;

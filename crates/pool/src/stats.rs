@@ -1,0 +1,75 @@
+//! What the pool reports: bytes requested, allocated and reserved (current and peak), driver
+//! calls, allocations, frees, retries and out-of-memory errors.
+
+use coalesce_backend::DriverCalls;
+
+/// Counters the pool keeps itself (the backend's [`Meter`](coalesce_backend::Meter) keeps the
+/// reserved bytes and driver calls).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Counters {
+    pub requested: u64,
+    pub peak_requested: u64,
+    pub allocated: u64,
+    pub peak_allocated: u64,
+    pub allocs: u64,
+    pub frees: u64,
+    pub ooms: u64,
+    pub retries: u64,
+}
+
+impl Counters {
+    pub fn on_alloc(&mut self, requested: u64, size: u64) {
+        self.allocs += 1;
+        self.requested += requested;
+        self.allocated += size;
+        self.peak_requested = self.peak_requested.max(self.requested);
+        self.peak_allocated = self.peak_allocated.max(self.allocated);
+    }
+
+    pub fn on_free(&mut self, requested: u64, size: u64) {
+        self.frees += 1;
+        self.requested -= requested;
+        self.allocated -= size;
+    }
+
+    pub fn reset_peaks(&mut self) {
+        self.peak_requested = self.requested;
+        self.peak_allocated = self.allocated;
+    }
+}
+
+/// A consistent picture of one pool, taken under its lock.
+///
+/// Always `requested_bytes <= allocated_bytes <= reserved_bytes` (blocks are the request
+/// rounded up; blocks live inside reserved memory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    pub device: i32,
+    /// Backend name ("cuda", "sim").
+    pub backend: String,
+    /// The policy spec, as it would be written in `COALESCE_POLICY`.
+    pub policy: String,
+    /// Sum of the sizes callers asked for, over live allocations.
+    pub requested_bytes: u64,
+    pub peak_requested_bytes: u64,
+    /// Sum of the block sizes handed out for live allocations.
+    pub allocated_bytes: u64,
+    pub peak_allocated_bytes: u64,
+    /// Device memory the pool holds from the driver.
+    pub reserved_bytes: u64,
+    pub peak_reserved_bytes: u64,
+    /// Largest block the policy could hand out without calling the driver.
+    pub largest_free_block: u64,
+    pub segments: usize,
+    /// Frees held until their stream passes them.
+    pub pending_frees: usize,
+    pub num_allocs: u64,
+    pub num_frees: u64,
+    /// Allocations that failed for lack of memory, after recovery.
+    pub num_ooms: u64,
+    /// Allocations that released cached memory and retried.
+    pub num_alloc_retries: u64,
+    pub driver_calls: DriverCalls,
+    pub memory_limit: Option<u64>,
+    pub total_memory: u64,
+}
