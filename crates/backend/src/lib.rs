@@ -21,6 +21,7 @@
 // explicitly; every block there carries a `// SAFETY:` comment.
 #![deny(unsafe_code)]
 
+pub mod adaptor;
 #[allow(unsafe_code)]
 pub mod cuda;
 mod meter;

@@ -139,21 +139,3 @@ pub trait Policy: Send + fmt::Debug {
     /// Checks the policy's internal invariants (tests call this after every step).
     fn check_invariants(&self) -> Result<(), String>;
 }
-
-/// Allocates with the out-of-memory recovery every front-end uses: on OOM, release cached
-/// memory with [`Policy::empty_cache`] and retry once. Returns the block and whether the retry
-/// was needed.
-pub fn alloc_with_recovery(
-    policy: &mut dyn Policy,
-    dev: &mut dyn Backend,
-    size: u64,
-    stream: StreamId,
-) -> Result<(Block, bool), PolicyError> {
-    match policy.alloc(dev, size, stream) {
-        Err(e) if e.is_out_of_memory() => {
-            policy.empty_cache(dev)?;
-            policy.alloc(dev, size, stream).map(|b| (b, true))
-        }
-        other => other.map(|b| (b, false)),
-    }
-}

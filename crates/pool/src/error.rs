@@ -15,6 +15,13 @@ pub enum PoolError {
         "free of {0:#x}, which is not a live allocation of this pool (double free or foreign pointer)"
     )]
     UnknownAddress(DevAddr),
+    /// A request of 0 bytes or of more than the device holds.
+    #[error("cannot allocate {requested} bytes: {}", if *requested == 0 {
+        "an empty request gets no memory (NULL)".to_string()
+    } else {
+        format!("more than the device's {total} bytes")
+    })]
+    InvalidSize { requested: u64, total: u64 },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
@@ -48,6 +55,8 @@ pub struct OomReport {
     pub requested: u64,
     pub reserved: u64,
     pub allocated: u64,
+    /// Bytes callers asked for, over live blocks.
+    pub requested_live: u64,
     /// Largest block the pool could have handed out without the driver.
     pub largest_free_block: u64,
     /// Free memory on the device as the driver reports it (`None` if it could not say).
@@ -61,16 +70,38 @@ fn bytes(n: u64) -> String {
     format!("{n} bytes ({:.2} MiB)", n as f64 / (1u64 << 20) as f64)
 }
 
+impl OomReport {
+    /// Reserved bytes not in live blocks: cached, free for some request but too fragmented or
+    /// too small for this one.
+    pub fn free_in_pool(&self) -> u64 {
+        self.reserved.saturating_sub(self.allocated)
+    }
+
+    /// The share of reserved memory that is free but could not serve this request.
+    pub fn unusable_share(&self) -> f64 {
+        if self.reserved == 0 {
+            0.0
+        } else {
+            self.free_in_pool() as f64 / self.reserved as f64
+        }
+    }
+}
+
 impl fmt::Display for OomReport {
+    /// PyTorch's message, plus the fragmentation figures users ask it for (pytorch#29554).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "out of memory on device {}: cannot allocate {}; the pool reserves {}, of which {} \
-             are allocated; its largest free block is {}",
+             are live ({} requested); {} ({:.1}% of reserved) is free in the pool but unusable \
+             for this request: its largest free block is {}",
             self.device,
             bytes(self.requested),
             bytes(self.reserved),
             bytes(self.allocated),
+            bytes(self.requested_live),
+            bytes(self.free_in_pool()),
+            100.0 * self.unusable_share(),
             bytes(self.largest_free_block),
         )?;
         match self.free_on_device {

@@ -6,7 +6,7 @@ use coalesce_backend::DriverCalls;
 /// Counters the pool keeps itself (the backend's [`Meter`](coalesce_backend::Meter) keeps the
 /// reserved bytes and driver calls).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Counters {
+pub(crate) struct Counters {
     pub requested: u64,
     pub peak_requested: u64,
     pub allocated: u64,
@@ -15,6 +15,10 @@ pub(super) struct Counters {
     pub frees: u64,
     pub ooms: u64,
     pub retries: u64,
+    /// Frees of addresses that are not live blocks (double frees, foreign pointers).
+    pub invalid_frees: u64,
+    /// Allocations of 0 bytes or of more than the device holds.
+    pub invalid_requests: u64,
 }
 
 impl Counters {
@@ -69,7 +73,13 @@ pub struct PoolStats {
     pub num_ooms: u64,
     /// Allocations that released cached memory and retried.
     pub num_alloc_retries: u64,
+    /// Frees refused: double frees and pointers this pool did not hand out.
+    pub num_invalid_frees: u64,
+    /// Allocations refused: 0 bytes, or more than the device holds.
+    pub num_invalid_requests: u64,
     pub driver_calls: DriverCalls,
+    /// Bytes passed to each kind of driver call.
+    pub driver_bytes: DriverCalls,
     pub memory_limit: Option<u64>,
     pub total_memory: u64,
 }

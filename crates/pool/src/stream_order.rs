@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 
 /// A free waiting for its stream to pass it.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Pending {
+pub(crate) struct Pending {
     pub addr: DevAddr,
     /// Requested bytes of the block (for the trace).
     pub requested: u64,
@@ -27,10 +27,12 @@ pub(super) struct Pending {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct StreamOrder {
+pub(crate) struct StreamOrder {
     /// The policy orders reuse itself: nothing to do here.
     policy_aware: bool,
     seen: FxHashSet<StreamId>,
+    /// The stream of the previous call: most calls repeat it, and it needs no lookup.
+    last: Option<StreamId>,
     first: Option<StreamId>,
     epoch: Option<EventId>,
     /// Pending frees per stream, oldest first (a stream's events complete in order).
@@ -56,10 +58,22 @@ impl StreamOrder {
         self.count
     }
 
+    /// The frees held here: `(addr, requested, stream)`.
+    pub fn held(&self) -> impl Iterator<Item = (DevAddr, u64, StreamId)> + '_ {
+        self.pending
+            .values()
+            .flatten()
+            .map(|p| (p.addr, p.requested, p.stream))
+    }
+
     /// Notes an allocation or free on `stream`; a stream seen for the first time is ordered after the
     /// frees that went back to the policy before deferral began.
     pub fn note_stream(&mut self, dev: &mut dyn Backend, stream: StreamId) -> BackendResult<()> {
-        if self.policy_aware || self.seen.contains(&stream) {
+        if self.policy_aware || self.last == Some(stream) {
+            return Ok(());
+        }
+        self.last = Some(stream);
+        if self.seen.contains(&stream) {
             return Ok(());
         }
         match self.first {

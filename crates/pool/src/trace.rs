@@ -12,8 +12,9 @@
 //!
 //! Sizes of `alloc` rows are the requested bytes. `free_requested` is written when a free is
 //! held for stream ordering, `free_completed` when the block goes back to the policy (the point
-//! where a replay frees, as for PyTorch's traces). The ring evicts its oldest events into a map
-//! of blocks live before it, so the preamble is exact however long the run was.
+//! where a replay frees, as for PyTorch's traces). The ring keeps only the last events; the
+//! blocks live before them are derived at the dump from the blocks live then, so the preamble
+//! is exact however long the run was and tracing costs one ring write per event.
 
 use coalesce_backend::{DevAddr, StreamId};
 use coalesce_policy::Segment;
@@ -58,53 +59,59 @@ pub struct TraceEntry {
     pub stream: StreamId,
 }
 
-/// The last `capacity` events, and the blocks live before the oldest of them.
+/// The last `capacity` events. Pushing costs a ring write: the blocks live before the oldest
+/// event are derived only when a snapshot asks (see [`TraceRing::contents`]).
 #[derive(Debug)]
-pub(super) struct TraceRing {
+pub(crate) struct TraceRing {
     capacity: usize,
     entries: VecDeque<TraceEntry>,
-    /// Blocks allocated before `entries` begins and not completely freed: addr -> (size, stream).
-    before: FxHashMap<DevAddr, (u64, StreamId)>,
 }
 
 impl TraceRing {
     pub fn new(capacity: usize) -> Self {
         TraceRing {
             capacity,
-            entries: VecDeque::new(),
-            before: FxHashMap::default(),
+            entries: VecDeque::with_capacity(capacity.min(1 << 16)),
         }
     }
 
+    #[inline]
     pub fn push(&mut self, entry: TraceEntry) {
-        if self.entries.len() >= self.capacity {
-            match self.entries.pop_front() {
-                Some(old) => self.evict(old),
-                // Capacity 0: nothing is kept, everything is folded into `before`.
-                None => return self.evict(entry),
-            }
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() == self.capacity {
+            self.entries.pop_front();
         }
         self.entries.push_back(entry);
     }
 
-    fn evict(&mut self, e: TraceEntry) {
-        match e.action {
-            TraceAction::Alloc => {
-                self.before.insert(e.addr, (e.size, e.stream));
-            }
-            TraceAction::FreeCompleted => {
-                self.before.remove(&e.addr);
-            }
-            TraceAction::FreeRequested => {}
-        }
-    }
-
     /// The blocks live before the ring, as `alloc` entries in address order, and the ring.
-    pub fn contents(&self) -> (Vec<TraceEntry>, Vec<TraceEntry>) {
-        let mut before: Vec<TraceEntry> = self
-            .before
-            .iter()
-            .map(|(&addr, &(size, stream))| TraceEntry {
+    ///
+    /// `live_now` are the blocks not handed back to the policy yet (live, or held for stream
+    /// ordering): `(addr, requested, stream)`. Undoing the ring's events newest first turns
+    /// them into the blocks live before its oldest event: an `alloc` in the ring had not
+    /// happened yet, a `free_completed` in the ring had not freed its block yet.
+    pub fn contents(
+        &self,
+        live_now: impl Iterator<Item = (DevAddr, u64, StreamId)>,
+    ) -> (Vec<TraceEntry>, Vec<TraceEntry>) {
+        let mut live: FxHashMap<DevAddr, (u64, StreamId)> =
+            live_now.map(|(a, size, s)| (a, (size, s))).collect();
+        for e in self.entries.iter().rev() {
+            match e.action {
+                TraceAction::Alloc => {
+                    live.remove(&e.addr);
+                }
+                TraceAction::FreeCompleted => {
+                    live.insert(e.addr, (e.size, e.stream));
+                }
+                TraceAction::FreeRequested => {}
+            }
+        }
+        let mut before: Vec<TraceEntry> = live
+            .into_iter()
+            .map(|(addr, (size, stream))| TraceEntry {
                 action: TraceAction::Alloc,
                 addr,
                 size,
@@ -165,8 +172,12 @@ mod tests {
         }
     }
 
+    fn live(addrs: &[u64]) -> impl Iterator<Item = (DevAddr, u64, StreamId)> + '_ {
+        addrs.iter().map(|&a| (a, a / 2, StreamId(0)))
+    }
+
     #[test]
-    fn evicted_events_fold_into_the_blocks_live_before_the_ring() {
+    fn the_blocks_live_before_the_ring_are_derived_from_the_live_ones() {
         use TraceAction::*;
         let mut ring = TraceRing::new(2);
         for e in [
@@ -178,7 +189,7 @@ mod tests {
         ] {
             ring.push(e);
         }
-        let (before, trace) = ring.contents();
+        let (before, trace) = ring.contents(live(&[200, 300]));
         // 100's alloc was evicted but its free is still in the ring: replaying the preamble and
         // the ring leaves 200 and 300 live.
         assert_eq!(before, vec![entry(Alloc, 100), entry(Alloc, 200)]);
@@ -191,7 +202,7 @@ mod tests {
         ring.push(entry(TraceAction::Alloc, 100));
         ring.push(entry(TraceAction::Alloc, 200));
         ring.push(entry(TraceAction::FreeCompleted, 100));
-        let (before, trace) = ring.contents();
+        let (before, trace) = ring.contents(live(&[200]));
         assert_eq!(before, vec![entry(TraceAction::Alloc, 200)]);
         assert!(trace.is_empty());
     }

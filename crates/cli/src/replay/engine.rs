@@ -1,16 +1,20 @@
-//! Replaying one resolved trace under one policy on the simulated device.
+//! Replaying one resolved trace under one policy, through the pool users run
+//! ([`coalesce_pool::PoolCore`] with its stream ordering, stats, recovery and trace ring), on
+//! the simulated device, with the pool's one replay loop ([`coalesce_pool::replay::run`]).
 //!
 //! Two kinds of pass:
 //! - one **measured** pass, instrumented: requested and reserved bytes after every op (peaks,
 //!   a downsampled series for plots), driver calls, out-of-memory count;
 //! - several **timed** passes with no instrumentation, each on a fresh policy and device, whose
-//!   median gives the allocator's CPU cost per op. Parsing happened before; building and
-//!   dropping the policy are outside the timed region.
+//!   median gives the allocator's CPU cost per op: the pool's own work and the policy's.
+//!   Parsing happened before; building and dropping the pool are outside the timed region.
 
 use super::series::Series;
 use coalesce_backend::sim::{SimConfig, SimDevice};
-use coalesce_backend::{Backend, DriverCalls, StreamId};
-use coalesce_policy::{self as policy, Policy, PolicyError, PolicySpec, alloc_with_recovery};
+use coalesce_backend::{Backend, DevAddr, DriverCalls, StreamId};
+use coalesce_policy::PolicySpec;
+use coalesce_pool::replay::{self as pool_replay, Hooks};
+use coalesce_pool::{PoolConfig, PoolCore, PoolError};
 use coalesce_trace::{Op, Trace};
 use std::time::Instant;
 
@@ -62,22 +66,14 @@ impl ReplayResult {
     }
 }
 
-/// A replay that could not finish: the policy broke its contract.
+/// A replay that could not finish: the pool or the policy broke its contract.
 #[derive(Debug, thiserror::Error)]
 #[error("{policy} on {trace}: op {op}: {source}")]
 pub struct ReplayError {
     pub trace: String,
     pub policy: String,
     pub op: usize,
-    pub source: PolicyError,
-}
-
-/// Address of a failed allocation (its free is skipped).
-const FAILED: u64 = u64::MAX;
-
-/// Stream handles of a trace, indexed like `Op` streams.
-fn streams(trace: &Trace) -> Vec<StreamId> {
-    trace.streams.iter().map(|&s| StreamId(s)).collect()
+    pub source: Box<PoolError>,
 }
 
 /// Replays `trace` under `spec`: one measured pass, then `repeats` timed passes.
@@ -98,119 +94,110 @@ pub fn replay(
     Ok(result)
 }
 
-fn new_policy(spec: &PolicySpec) -> Box<dyn Policy> {
-    policy::build(spec).expect("policy specs are validated before replay")
-}
-
-fn error(trace: &Trace, spec: &PolicySpec, op: usize, source: PolicyError) -> ReplayError {
-    ReplayError {
-        trace: trace.name.clone(),
-        policy: spec.to_string(),
-        op,
-        source,
-    }
-}
-
 /// What one pass over a trace found (`MEASURE` passes only fill more than the time).
 struct Pass {
     elapsed_ns: f64,
-    peak_requested: u64,
-    peak_allocated: u64,
     ooms: u64,
-    retries: u64,
     series: Series,
-    dev: SimDevice,
+    pool: PoolCore<SimDevice>,
 }
 
-/// Replays `trace` once on a fresh policy and device. With `MEASURE`, records peaks, the
-/// series and stream hazards; without, runs bare for timing. Both make exactly the same calls
-/// into the policy and the device, so the timed runs time the measured behaviour.
-#[inline(never)] // a named symbol for profilers (`callgrind --toggle-collect`)
+/// What the replay does around each op on the simulated device: tick its clock, declare the
+/// kernels each op implies on its stream, and (`MEASURE`) declare what freed blocks' streams
+/// may still use and record the series.
+struct SimHooks<'p, const MEASURE: bool> {
+    hazards: bool,
+    series: Series,
+    progress: &'p mut dyn FnMut(u64),
+}
+
+impl<const MEASURE: bool> Hooks<PoolCore<SimDevice>> for SimHooks<'_, MEASURE> {
+    #[inline]
+    fn before(&mut self, pool: &mut PoolCore<SimDevice>, _i: usize, _op: &Op) {
+        pool.backend_mut().tick();
+    }
+    #[inline]
+    fn allocated(
+        &mut self,
+        pool: &mut PoolCore<SimDevice>,
+        _: u32,
+        _: DevAddr,
+        _: u64,
+        s: StreamId,
+    ) {
+        // Kernels on the stream will use the block.
+        pool.backend_mut().work(s);
+    }
+    #[inline]
+    fn freeing(&mut self, pool: &mut PoolCore<SimDevice>, addr: DevAddr, size: u64, s: StreamId) {
+        let dev = pool.backend_mut();
+        dev.work(s);
+        // The kernels that used the block may still run: the simulator then refuses any unmap
+        // of it before the stream has passed this point.
+        if self.hazards {
+            dev.use_until_now(addr, size, s);
+        }
+    }
+    #[inline]
+    fn after(&mut self, pool: &mut PoolCore<SimDevice>, i: usize) {
+        if MEASURE {
+            let requested = pool.requested_bytes();
+            self.series
+                .record(i, requested, pool.backend().meter().reserved_bytes);
+            if i % 65_536 == 65_535 {
+                (self.progress)(65_536);
+            }
+        }
+    }
+}
+
+/// Replays `trace` once through a fresh pool on a fresh device. With `MEASURE`, records the
+/// series and checks the simulator's rules and stream hazards; without, runs bare for timing.
+/// Both make exactly the same calls into the pool, so the timed runs time the measured
+/// behaviour.
 fn pass<const MEASURE: bool>(
     trace: &Trace,
     spec: &PolicySpec,
     config: &ReplayConfig,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Pass, ReplayError> {
-    let mut policy = new_policy(spec);
     // Timed passes skip the simulator's rule checks: its bookkeeping is not the allocator's
     // cost (on a GPU it is driver time, estimated separately). The measured pass checks.
-    let mut dev = SimDevice::new(SimConfig {
+    let dev = SimDevice::new(SimConfig {
         validate: MEASURE,
         ..config.sim
     });
-    let streams = streams(trace);
-    let sizes = trace.alloc_sizes();
-    let mut addrs = vec![FAILED; sizes.len()];
+    let pool_config = PoolConfig {
+        policy: spec.clone(),
+        ..PoolConfig::default()
+    };
+    let error = |op, source| ReplayError {
+        trace: trace.name.clone(),
+        policy: spec.to_string(),
+        op,
+        source,
+    };
+    let mut pool = PoolCore::new(dev, pool_config).map_err(|e| error(0, Box::new(e)))?;
     let series_len = if MEASURE { trace.ops.len() } else { 0 };
-    let mut series = Series::new(series_len, config.series_points);
-    let hazards = MEASURE && config.sim.stream_lag > 0;
-    let (mut requested, mut peak_requested, mut peak_allocated, mut ooms, mut retries) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut hooks = SimHooks::<MEASURE> {
+        hazards: MEASURE && config.sim.stream_lag > 0,
+        series: Series::new(series_len, config.series_points),
+        progress,
+    };
     let start = Instant::now();
-    for (i, op) in trace.ops.iter().enumerate() {
-        dev.tick();
-        match *op {
-            Op::Alloc { id, size, stream } => {
-                let stream = streams[stream as usize];
-                match alloc_with_recovery(policy.as_mut(), &mut dev, size, stream) {
-                    Ok((block, retried)) => {
-                        // Kernels on the stream will use the block.
-                        dev.work(stream);
-                        addrs[id as usize] = block.addr;
-                        if MEASURE {
-                            requested += size;
-                            retries += retried as u64;
-                        }
-                    }
-                    Err(e) if e.is_out_of_memory() => ooms += 1,
-                    Err(e) => return Err(error(trace, spec, i, e)),
-                }
-            }
-            Op::Free { id, stream } => {
-                let stream = streams[stream as usize];
-                let addr = std::mem::replace(&mut addrs[id as usize], FAILED);
-                if addr != FAILED {
-                    dev.work(stream);
-                    if MEASURE {
-                        requested -= sizes[id as usize];
-                    }
-                    // The kernels that used the block may still run: the simulator then refuses
-                    // any unmap of it before the stream has passed this point.
-                    if hazards {
-                        dev.use_until_now(addr, sizes[id as usize], stream);
-                    }
-                    policy
-                        .free(&mut dev, addr, stream)
-                        .map_err(|e| error(trace, spec, i, e))?;
-                }
-            }
-        }
-        if MEASURE {
-            peak_requested = peak_requested.max(requested);
-            peak_allocated = peak_allocated.max(policy.usage().allocated_bytes);
-            series.record(i, requested, dev.meter().reserved_bytes);
-            if i % 65_536 == 65_535 {
-                progress(65_536);
-            }
-        }
-    }
+    let outcome =
+        pool_replay::run(&mut pool, trace, &mut hooks).map_err(|e| error(e.op, e.source))?;
     let elapsed_ns = start.elapsed().as_nanos() as f64;
-    // Dropping the policy is outside the timed region.
-    drop(policy);
-    progress(if MEASURE {
+    (hooks.progress)(if MEASURE {
         trace.ops.len() as u64 % 65_536
     } else {
         trace.ops.len() as u64
     });
     Ok(Pass {
         elapsed_ns,
-        peak_requested,
-        peak_allocated,
-        ooms,
-        retries,
-        series,
-        dev,
+        ooms: outcome.ooms,
+        series: hooks.series,
+        pool,
     })
 }
 
@@ -221,20 +208,20 @@ fn measured_pass(
     progress: &mut dyn FnMut(u64),
 ) -> Result<ReplayResult, ReplayError> {
     let p = pass::<true>(trace, spec, config, progress)?;
-    let meter = *p.dev.meter();
+    let stats = p.pool.stats();
     Ok(ReplayResult {
         trace: trace.name.clone(),
         policy: spec.to_string(),
         events: trace.stats.events,
         allocs: trace.stats.allocs,
         ops: trace.ops.len() as u64,
-        peak_requested_bytes: p.peak_requested,
-        peak_reserved_bytes: meter.peak_reserved_bytes,
-        peak_allocated_bytes: p.peak_allocated,
-        driver_calls: meter.calls,
-        driver_bytes: meter.bytes,
+        peak_requested_bytes: stats.peak_requested_bytes,
+        peak_reserved_bytes: stats.peak_reserved_bytes,
+        peak_allocated_bytes: stats.peak_allocated_bytes,
+        driver_calls: stats.driver_calls,
+        driver_bytes: stats.driver_bytes,
         ooms: p.ooms,
-        retries: p.retries,
+        retries: stats.num_alloc_retries,
         ns_per_op: 0.0,
         ns_per_op_runs: vec![],
         wall_s: p.elapsed_ns / 1e9,

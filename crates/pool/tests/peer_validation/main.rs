@@ -13,40 +13,62 @@ mod real_run;
 mod trace_device;
 
 use coalesce_backend::Backend;
-use coalesce_backend::StreamId;
 use coalesce_backend::sim::{SimConfig, SimDevice};
-use coalesce_policy::{PolicySpec, REGISTRY, alloc_with_recovery, build};
+use coalesce_policy::{PolicySpec, REGISTRY};
+use coalesce_pool::replay::{self, Hooks};
+use coalesce_pool::{PoolConfig, PoolCore};
 use coalesce_trace::{Op, Trace};
 use real_run::{RealRun, TRACES, anchor, load};
 use trace_device::TraceDevice;
 
-/// Replays `trace` under `spec` on `dev`; `before_alloc` sees each allocation id first.
-/// Returns the address handed to each allocation.
-fn replay<D: Backend>(
-    spec: &str,
-    dev: &mut D,
-    trace: &Trace,
-    mut before_alloc: impl FnMut(&mut D, u32),
-) -> Vec<u64> {
-    let mut policy = build(&PolicySpec::parse(spec).unwrap()).unwrap();
-    let streams: Vec<StreamId> = trace.streams.iter().map(|&s| StreamId(s)).collect();
-    let mut addrs = vec![u64::MAX; trace.stats.allocs as usize];
-    for (i, op) in trace.ops.iter().enumerate() {
-        match *op {
-            Op::Alloc { id, size, stream } => {
-                before_alloc(dev, id);
-                let (block, _) =
-                    alloc_with_recovery(policy.as_mut(), dev, size, streams[stream as usize])
-                        .unwrap_or_else(|e| panic!("{spec} on {}: op {i}: {e}", trace.name));
-                addrs[id as usize] = block.addr;
-            }
-            Op::Free { id, stream } => policy
-                .free(dev, addrs[id as usize], streams[stream as usize])
-                .unwrap_or_else(|e| panic!("{spec} on {}: op {i}: {e}", trace.name)),
+/// Tells the trace device which allocation is being replayed, and keeps every address.
+struct Record {
+    addrs: Vec<u64>,
+}
+
+impl Hooks<PoolCore<TraceDevice>> for Record {
+    fn before(&mut self, pool: &mut PoolCore<TraceDevice>, _i: usize, op: &Op) {
+        if let Op::Alloc { id, .. } = *op {
+            pool.backend_mut().alloc = id;
         }
     }
-    policy.check_invariants().unwrap();
-    addrs
+    fn allocated(
+        &mut self,
+        _: &mut PoolCore<TraceDevice>,
+        id: u32,
+        addr: u64,
+        _: u64,
+        _: coalesce_backend::StreamId,
+    ) {
+        self.addrs[id as usize] = addr;
+    }
+}
+
+fn pool<D: Backend>(spec: &str, dev: D) -> PoolCore<D> {
+    let config = PoolConfig {
+        policy: PolicySpec::parse(spec).unwrap(),
+        ..PoolConfig::default()
+    };
+    PoolCore::new(dev, config).unwrap()
+}
+
+/// Replays `trace` under `spec` through the pool, with the pool's replay loop; checks the
+/// pool's and the policy's invariants at the end.
+fn replay_with<D: Backend, H: Hooks<PoolCore<D>>>(
+    spec: &str,
+    dev: D,
+    trace: &Trace,
+    hooks: &mut H,
+) -> PoolCore<D> {
+    let mut pool = pool(spec, dev);
+    let outcome = replay::run(&mut pool, trace, hooks).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    assert_eq!(outcome.ooms, 0, "{spec} on {}: out of memory", trace.name);
+    pool.check_invariants().unwrap();
+    pool
+}
+
+fn replay(spec: &str, trace: &Trace) -> PoolCore<SimDevice> {
+    replay_with(spec, SimDevice::new(SimConfig::default()), trace, &mut ())
 }
 
 fn error(model: u64, real: u64) -> f64 {
@@ -66,8 +88,12 @@ struct NativeOutcome {
 }
 
 fn replay_native(run: &RealRun) -> NativeOutcome {
-    let mut dev = TraceDevice::new(SimDevice::new(SimConfig::default()), &run.segments);
-    let addrs = replay("torch-native", &mut dev, &run.trace, |d, id| d.alloc = id);
+    let dev = TraceDevice::new(SimDevice::new(SimConfig::default()), &run.segments);
+    let mut record = Record {
+        addrs: vec![u64::MAX; run.trace.stats.allocs as usize],
+    };
+    let pool = replay_with("torch-native", dev, &run.trace, &mut record);
+    let (dev, addrs) = (pool.backend(), record.addrs);
     let mut matched: Vec<usize> = dev.made.iter().filter_map(|m| m.2).collect();
     let segments_prefix = matched
         .iter()
@@ -142,9 +168,9 @@ fn torch_expandable_peak_matches_the_h100() {
     for name in TRACES {
         let run = load(name);
         let real = anchor(name, "torch-expandable", "peak_reserved_bytes");
-        let mut dev = SimDevice::new(SimConfig::default());
-        replay("torch-expandable", &mut dev, &run.trace, |_, _| {});
-        let peak = dev.meter().peak_reserved_bytes;
+        let peak = replay("torch-expandable", &run.trace)
+            .stats()
+            .peak_reserved_bytes;
         eprintln!(
             "{name}: torch-expandable peak reserved {peak} vs real {real} ({:+.3}%)",
             100.0 * error(peak, real)
@@ -163,9 +189,7 @@ fn every_policy_replays_every_bundled_trace() {
     for name in TRACES {
         let run = load(name);
         for p in REGISTRY {
-            let mut dev = SimDevice::new(SimConfig::default());
-            replay(p.name, &mut dev, &run.trace, |_, _| {});
-            let peak = dev.meter().peak_reserved_bytes;
+            let peak = replay(p.name, &run.trace).stats().peak_reserved_bytes;
             eprintln!("{name}: {} peak reserved {peak}", p.name);
             assert!(
                 peak >= run.trace.stats.peak_requested_bytes,
