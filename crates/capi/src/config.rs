@@ -7,6 +7,7 @@
 //! | `COALESCE_MEMORY_LIMIT` | cap in bytes (`21474836480`) or as a fraction of the device (`0.9`) | none |
 //! | `COALESCE_TRACE_ENTRIES` | events kept for snapshots | 100000 |
 //! | `COALESCE_SIM_CAPACITY` | bytes of the simulated device | 80 GiB |
+//! | `COALESCE_SIM_DEVICES` | simulated devices | 1 |
 
 use coalesce_backend::Backend;
 use coalesce_backend::cuda::CudaBackend;
@@ -48,6 +49,16 @@ pub fn backend_kind() -> Result<BackendKind, String> {
 pub fn backend(device: i32) -> Result<Box<dyn Backend>, String> {
     match backend_kind()? {
         BackendKind::Sim => {
+            let count = match var("COALESCE_SIM_DEVICES") {
+                Some(v) => parse_u64("COALESCE_SIM_DEVICES", &v)?,
+                None => 1,
+            };
+            if device < 0 || device as u64 >= count {
+                return Err(format!(
+                    "device {device} is out of range: the simulated backend has {count} \
+                     device(s) (COALESCE_SIM_DEVICES)"
+                ));
+            }
             let mut sim = SimConfig {
                 device,
                 ..SimConfig::default()

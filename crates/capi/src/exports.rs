@@ -1,10 +1,10 @@
 //! The exported functions. Their C contract is `include/coalesce.h`; keep the two in step.
 
 use crate::ffi::{boundary, copy_out, last_error, set_last_error};
-use crate::pools::pool;
+use crate::pools::{created, pool};
 use crate::stats_json;
 use coalesce_backend::StreamId;
-use coalesce_pool::MemoryLimit;
+use coalesce_pool::{MemoryLimit, PoolError};
 use std::ffi::{CStr, OsStr, c_char, c_int, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -40,13 +40,31 @@ pub extern "C" fn coalesce_free(
         return;
     }
     let ok = boundary(false, || {
-        pool(device)?
-            .free(ptr.addr() as u64, stream_id(stream))
-            .map_err(|e| e.to_string())?;
-        Ok(true)
+        let addr = ptr.addr() as u64;
+        match pool(device)?.free(addr, stream_id(stream)) {
+            Ok(()) => Ok(true),
+            Err(PoolError::UnknownAddress(_)) => Err(unknown_address(addr, device)),
+            Err(e) => Err(e.to_string()),
+        }
     });
     if !ok {
         eprintln!("coalesce: coalesce_free failed: {}", last_error());
+    }
+}
+
+/// Says why `addr` is not a live block of `device`'s pool: live on another device (freed on
+/// the wrong one), or unknown (a double free or a foreign pointer).
+fn unknown_address(addr: u64, device: c_int) -> String {
+    let owner = created().find(|(d, p)| *d != device && p.is_live(addr).unwrap_or(false));
+    match owner {
+        Some((owner, _)) => format!(
+            "free of {addr:#x} on device {device}, but it was allocated on device {owner}: \
+             nothing freed"
+        ),
+        None => format!(
+            "free of {addr:#x} on device {device}, which is not a live allocation of its pool \
+             (double free or foreign pointer): nothing freed"
+        ),
     }
 }
 

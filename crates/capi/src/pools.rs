@@ -26,6 +26,17 @@ pub fn pool(device: i32) -> Result<&'static DevicePool, String> {
         .map_err(Clone::clone)
 }
 
+/// The pools created so far, with their devices.
+pub fn created() -> impl Iterator<Item = (i32, &'static DevicePool)> {
+    POOLS
+        .iter()
+        .enumerate()
+        .filter_map(|(d, slot)| match slot.get() {
+            Some(Ok(pool)) => Some((d as i32, pool)),
+            _ => None,
+        })
+}
+
 fn create(device: i32) -> Result<DevicePool, String> {
     let backend = config::backend(device)?;
     let pool_config = config::pool_config()?;

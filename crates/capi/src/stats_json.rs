@@ -28,6 +28,8 @@ pub fn to_json(s: &PoolStats) -> String {
         "num_frees": s.num_frees,
         "num_ooms": s.num_ooms,
         "num_alloc_retries": s.num_alloc_retries,
+        "num_invalid_frees": s.num_invalid_frees,
+        "num_invalid_requests": s.num_invalid_requests,
         "driver_calls": s.driver_calls.total(),
         "driver_calls_by_kind": by_kind,
         "memory_limit": s.memory_limit,

@@ -102,6 +102,11 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
         &mut self.backend
     }
 
+    /// Whether `addr` is a live block of this pool.
+    pub fn is_live(&self, addr: DevAddr) -> bool {
+        self.live.contains_key(&addr)
+    }
+
     /// Bytes callers asked for, over live blocks (cheap: replays read it after every op).
     #[inline]
     pub fn requested_bytes(&self) -> u64 {

@@ -81,6 +81,12 @@ impl<B: ?Sized + Backend + AsDynBackend> DevicePool<B> {
         self.lock()?.free(addr, stream)
     }
 
+    /// Whether `addr` is a live block of this pool (the C ABI names the right device when a
+    /// block is freed on the wrong one).
+    pub fn is_live(&self, addr: DevAddr) -> Result<bool, PoolError> {
+        Ok(self.lock()?.is_live(addr))
+    }
+
     /// Returns cached memory to the driver: completes held frees (synchronizing the device if
     /// there are any), then releases what the policy does not use.
     pub fn empty_cache(&self) -> Result<(), PoolError> {
