@@ -674,3 +674,67 @@ fn loader_dir_serves_child_processes() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0 0");
 }
+
+#[test]
+fn exports_every_symbol_the_cuda_backend_resolves() {
+    // The backend's list, read from its source so the two cannot drift apart.
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../device/src/backend/cuda/driver.rs"
+    ))
+    .expect("read the backend's driver.rs");
+    let list = source
+        .split("const SYMBOLS: &[&str] = &[")
+        .nth(1)
+        .and_then(|s| s.split("];").next())
+        .expect("SYMBOLS list");
+    let names: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+    assert!(names.len() >= 30, "{names:?}");
+    // SAFETY: loading the stand-in runs no code but its statics' setup.
+    let lib = unsafe { libloading::Library::new(loader::library_path().unwrap()) }.unwrap();
+    for name in names {
+        // SAFETY: only looked up, never called through this type.
+        assert!(
+            unsafe { lib.get::<unsafe extern "C" fn()>(name.as_bytes()) }.is_ok(),
+            "{name} is not exported"
+        );
+    }
+}
+
+#[test]
+fn threads_map_write_and_verify_their_own_memory() {
+    let _t = setup();
+    let workers: Vec<_> = (0..8u8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                init_context();
+                for round in 0..20u8 {
+                    let va = reserve(4 * G);
+                    let h = create(2 * G);
+                    assert_eq!(map(va + 2 * G as u64, 2 * G, h), OK);
+                    assert_eq!(set_rw(va + 2 * G as u64, 2 * G), OK);
+                    let fill = t.wrapping_mul(31).wrapping_add(round);
+                    // SAFETY: the range is mapped read/write and this thread's alone.
+                    unsafe {
+                        assert_eq!(sys::cuMemsetD8_v2(va + 2 * G as u64, fill, 2 * G), OK);
+                        let bytes =
+                            std::slice::from_raw_parts((va + 2 * G as u64) as *const u8, 2 * G);
+                        assert!(bytes.iter().all(|b| *b == fill));
+                    }
+                    assert_eq!(
+                        (
+                            unmap(va + 2 * G as u64, 2 * G),
+                            release(h),
+                            address_free(va, 4 * G)
+                        ),
+                        (OK, OK, OK)
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(controls().leak_count(), 0, "{}", controls().leak_report());
+}
