@@ -694,10 +694,8 @@ fn exports_every_symbol_the_cuda_backend_resolves() {
     let lib = unsafe { libloading::Library::new(loader::library_path().unwrap()) }.unwrap();
     for name in names {
         // SAFETY: only looked up, never called through this type.
-        assert!(
-            unsafe { lib.get::<unsafe extern "C" fn()>(name.as_bytes()) }.is_ok(),
-            "{name} is not exported"
-        );
+        let found = unsafe { lib.get::<unsafe extern "C" fn()>(name.as_bytes()) }.is_ok();
+        assert!(found, "{name} is not exported");
     }
 }
 
