@@ -91,6 +91,18 @@ impl DriverCall {
         }
     }
 
+    /// Whether the call allocates, frees, maps or unmaps memory (not an event or a
+    /// synchronization): the calls whose cost and count a policy decides.
+    pub fn allocates_or_maps(self) -> bool {
+        !matches!(
+            self,
+            DriverCall::EventRecord
+                | DriverCall::EventQuery
+                | DriverCall::StreamWaitEvent
+                | DriverCall::Synchronize
+        )
+    }
+
     #[inline]
     fn index(self) -> usize {
         self as usize

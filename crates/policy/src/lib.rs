@@ -130,6 +130,13 @@ pub trait Policy: Send + fmt::Debug {
     /// Returns cached memory the policy does not need to the driver (PyTorch's `empty_cache`).
     fn empty_cache(&mut self, dev: &mut dyn Backend) -> Result<(), PolicyError>;
 
+    /// Returns everything to the driver when nothing is live, address reservations included:
+    /// the pool calls it when it is dropped, so a process that drops its pools leaks nothing.
+    /// With live blocks it only empties the cache (their memory stays theirs).
+    fn teardown(&mut self, dev: &mut dyn Backend) -> Result<(), PolicyError> {
+        self.empty_cache(dev)
+    }
+
     /// Current usage. Must be cheap (O(1) or O(log n)): replays call it after every op.
     fn usage(&self) -> Usage;
 

@@ -274,6 +274,16 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
         Ok(())
     }
 
+    /// Completes held frees and returns everything not holding a live block to the driver,
+    /// address reservations included (what dropping the pool does).
+    pub fn teardown(&mut self) -> Result<(), PoolError> {
+        for p in self.order.drain(self.backend.as_dyn())? {
+            self.give_back(p.addr, p.requested, p.stream)?;
+        }
+        self.policy.teardown(self.backend.as_dyn())?;
+        Ok(())
+    }
+
     /// Caps the memory the pool reserves (`None`: no cap). Cached memory above a new cap is
     /// released at once; see the invariants in the [module docs](self).
     pub fn set_memory_limit(&mut self, limit: Option<MemoryLimit>) -> Result<(), PoolError> {
@@ -368,9 +378,10 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
 }
 
 impl<B: ?Sized + Backend + AsDynBackend> Drop for PoolCore<B> {
-    /// Gives the driver back every segment with nothing live in it. Blocks still live are
-    /// leaked with their segments (their owners outlived the pool).
+    /// Gives the driver back everything not holding a live block, address reservations
+    /// included. Blocks still live are leaked with their segments (their owners outlived the
+    /// pool).
     fn drop(&mut self) {
-        let _ = self.release_cached();
+        let _ = self.teardown();
     }
 }

@@ -465,25 +465,34 @@ impl Backend for CudaBackend {
     fn event_record(&mut self, stream: StreamId) -> BackendResult<EventId> {
         self.meter.count(DriverCall::EventRecord);
         let cu_stream = self.stream(DriverCall::EventRecord, stream)?;
-        let (id, event) = self.with_ctx(DriverCall::EventRecord, |b| b.events.acquire())?;
-        // SAFETY: `event` is live; the stream is admitted, hence live.
-        let r = unsafe { result::event::record(event, cu_stream) };
-        if let Err(e) = r {
-            self.events.release(id);
-            return Err(driver_error(DriverCall::EventRecord, e));
-        }
-        Ok(id)
+        // Creating and recording need our context current (the driver answers
+        // CUDA_ERROR_INVALID_CONTEXT otherwise, as the stand-in driver showed).
+        self.with_ctx(DriverCall::EventRecord, |b| {
+            let (id, event) = b.events.acquire()?;
+            // SAFETY: `event` is live; the stream is admitted, hence live.
+            match unsafe { result::event::record(event, cu_stream) } {
+                Ok(()) => Ok(id),
+                Err(e) => {
+                    b.events.release(id);
+                    Err(e)
+                }
+            }
+        })
     }
 
     fn event_query(&mut self, event: EventId) -> BackendResult<bool> {
         self.meter.count(DriverCall::EventQuery);
-        match self.events.query(event) {
-            Some(r) => r.map_err(|e| driver_error(DriverCall::EventQuery, e)),
-            None => Err(Self::invalid(
+        let Some(e) = self.events.get(event) else {
+            return Err(Self::invalid(
                 DriverCall::EventQuery,
                 format!("unknown event {}", event.0),
-            )),
-        }
+            ));
+        };
+        // SAFETY: live events were created by the pool's `acquire` and are destroyed only
+        // when the pool drops.
+        self.with_ctx(DriverCall::EventQuery, |_| unsafe {
+            driver::event::query(e)
+        })
     }
 
     fn event_release(&mut self, event: EventId) {
@@ -496,8 +505,9 @@ impl Backend for CudaBackend {
         let e = self.event(DriverCall::StreamWaitEvent, event)?;
         let flags = sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
         // SAFETY: the event is live; the stream is admitted, hence live.
-        unsafe { result::stream::wait_event(cu_stream, e, flags) }
-            .map_err(|e| driver_error(DriverCall::StreamWaitEvent, e))
+        self.with_ctx(DriverCall::StreamWaitEvent, |_| unsafe {
+            result::stream::wait_event(cu_stream, e, flags)
+        })
     }
 
     fn stream_synchronize(&mut self, stream: StreamId) -> BackendResult<()> {

@@ -35,12 +35,6 @@ impl EventPool {
         self.live.get(&id.0).copied()
     }
 
-    /// Whether the work before the event has completed; `None` for an unknown id.
-    pub fn query(&self, id: EventId) -> Option<Result<bool, DriverError>> {
-        // SAFETY: live events were created by `acquire` and are destroyed only in `drop`.
-        self.get(id).map(|e| unsafe { ev::query(e) })
-    }
-
     /// Returns an event for reuse. Recording it again later is fine even if it is pending.
     pub fn release(&mut self, id: EventId) {
         if let Some(e) = self.live.remove(&id.0) {

@@ -362,6 +362,22 @@ impl Policy for Coalesce {
         trimmed
     }
 
+    /// Empties the cache; with nothing live, also frees every address reservation.
+    fn teardown(&mut self, dev: &mut dyn Backend) -> Result<(), PolicyError> {
+        self.empty_cache(dev)?;
+        if self.live_bytes > 0 {
+            return Ok(());
+        }
+        while let Some(space) = self.spaces.pop() {
+            if let Err(e) = dev.address_free(space.base, space.size) {
+                self.spaces.push(space);
+                return Err(e.into());
+            }
+        }
+        self.pool = None;
+        Ok(())
+    }
+
     fn usage(&self) -> Usage {
         let largest_free_block = self
             .spaces
