@@ -3,7 +3,6 @@
 //! Creating an event is far dearer than recording one, and the pool records one per deferred
 //! free; released events go back on a free list instead of being destroyed.
 
-use super::driver::event as ev;
 use crate::EventId;
 use cudarc::driver::result::{self, DriverError};
 use cudarc::driver::sys;

@@ -312,6 +312,7 @@ impl Space {
         // end of the last one is a valid `cuMemSetAccess` range.
         let (mut first, mut last_end) = (None, 0);
         let mut result = Ok(());
+        let mut mapped = Vec::new();
         let mut g = g0;
         while g <= g1 {
             if ctx.pool.all_mapped(self.id, g, g) {
@@ -322,7 +323,7 @@ impl Space {
             while g <= g1 && !ctx.pool.all_mapped(self.id, g, g) {
                 g += 1;
             }
-            let (end, run) = self.back_run(ctx, start, g, requested);
+            let (end, run) = self.back_run(ctx, start, g, requested, &mut mapped);
             if end > start {
                 first.get_or_insert(start);
                 last_end = end;
@@ -335,20 +336,30 @@ impl Space {
         // Whatever was mapped gets access, even when backing failed part way: mapped memory
         // without access would fault once a later block lands on it.
         if let Some(first) = first {
-            ctx.dev
-                .set_access(self.va(first), (last_end - first) as u64 * self.granule)?;
+            let va = self.va(first);
+            let size = (last_end - first) as u64 * self.granule;
+            if let Err(e) = ctx.dev.set_access(va, size) {
+                // Without access the new mappings must go: unmapped, their handles are spare
+                // again and the failure loses nothing.
+                for h in mapped {
+                    unmap(ctx.dev, ctx.pool, h)?;
+                }
+                return Err(e.into());
+            }
         }
         result
     }
 
-    /// Maps granules `r0..r1` (all unmapped), possibly more after them. Returns the end of
-    /// what was mapped (also on failure) and the outcome.
+    /// Maps granules `r0..r1` (all unmapped), possibly more after them, adding each handle
+    /// it maps to `mapped`. Returns the end of what was mapped (also on failure) and the
+    /// outcome.
     fn back_run(
         &mut self,
         ctx: &mut Ctx<'_>,
         r0: u32,
         r1: u32,
         requested: u64,
+        mapped: &mut Vec<u32>,
     ) -> (u32, Result<(), PolicyError>) {
         let mut at = r0;
         while at < r1 {
@@ -368,6 +379,7 @@ impl Space {
                 return (at, Err(e.into()));
             }
             ctx.pool.set_mapped(h, self.id, at);
+            mapped.push(h);
             at += ctx.pool.handle(h).granules;
         }
         (at, Ok(()))
@@ -542,8 +554,10 @@ fn release_largest(ctx: &mut Ctx<'_>) -> Result<Option<u32>, PolicyError> {
         (None, None) => return Ok(None),
     };
     let n = ctx.pool.handle(h).granules;
-    let phys = ctx.pool.remove_handle(h);
-    ctx.dev.mem_release(phys)?;
+    // Released first, forgotten after: a failed `cuMemRelease` leaves the handle spare (it is
+    // unmapped by now), to be released by a later trim, never lost.
+    ctx.dev.mem_release(ctx.pool.handle(h).phys)?;
+    ctx.pool.remove_handle(h);
     Ok(Some(n))
 }
 
