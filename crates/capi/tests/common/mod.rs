@@ -51,3 +51,34 @@ pub fn skip(reason: &str) {
         std::thread::current().name().unwrap_or("test")
     );
 }
+
+/// The `LD_LIBRARY_PATH` that makes a child process load the CUDA driver stand-in as
+/// `libcuda.so`, or `None` (with a visible message) when it was not built.
+pub fn standin_path() -> Option<std::ffi::OsString> {
+    match coalesce_cuda_standin_loader::ld_library_path() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            skip(&format!("no CUDA driver stand-in: {e}"));
+            None
+        }
+    }
+}
+
+/// `n` streams of device 0's primary context, created through the CUDA driver the process
+/// loads (the stand-in in these tests), as the `void *` handles the C ABI takes.
+pub fn standin_streams(n: usize) -> Vec<usize> {
+    use cudarc::driver::result;
+    result::init().expect("cuInit");
+    let dev = result::device::get(0).expect("cuDeviceGet");
+    // SAFETY: `dev` is a valid device; the context is retained for the life of the process.
+    let ctx = unsafe { result::primary_ctx::retain(dev) }.expect("cuDevicePrimaryCtxRetain");
+    // SAFETY: `ctx` is the live primary context just retained.
+    unsafe { result::ctx::set_current(ctx) }.expect("cuCtxSetCurrent");
+    (0..n)
+        .map(|_| {
+            let s = result::stream::create(result::stream::StreamKind::NonBlocking)
+                .expect("cuStreamCreate");
+            s as usize
+        })
+        .collect()
+}
