@@ -1,0 +1,191 @@
+//! The placement: one pass over the trace, each block put where it adds the least granule-time
+//! (see the module docs of [`super`] for the heuristic).
+
+use super::granules::Granules;
+use super::va::GranuleSpace;
+use super::{OracleConfig, OracleInput};
+
+/// A placement of every block of a trace, and what it maps over time.
+///
+/// Invariants (verified by [`super::check_plan`]): blocks live at the same op never overlap;
+/// `offsets[i]` is a multiple of `align`; every block lies inside `0..extent`; `mapped[t]` is
+/// the number of distinct granules touched by blocks live after op `t`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub granule: u64,
+    pub align: u64,
+    /// Offset of every block (by allocation index) from the start of the planned range.
+    pub offsets: Vec<u64>,
+    /// Bytes each block occupies (its size rounded up to `align`).
+    pub sizes: Vec<u64>,
+    /// Bytes of address range the plan uses (a multiple of `granule`).
+    pub extent: u64,
+    /// Granules mapped after each op.
+    pub mapped: Vec<u32>,
+}
+
+impl Plan {
+    /// Peak of mapped granules, in bytes: the placement's figure.
+    pub fn peak_bytes(&self) -> u64 {
+        u64::from(self.mapped.iter().copied().max().unwrap_or(0)) * self.granule
+    }
+
+    /// The granules `offset..offset + size` touches, as a range of granule numbers.
+    pub fn granules_of(&self, block: usize) -> std::ops::Range<u64> {
+        span(self.offsets[block], self.sizes[block], self.granule)
+    }
+}
+
+fn span(offset: u64, size: u64, granule: u64) -> std::ops::Range<u64> {
+    offset / granule..(offset + size).div_ceil(granule)
+}
+
+/// A block may keep a granule mapped past its other blocks by at most this fraction of its
+/// own lifetime (as a divisor, 2: half). Extending a granule saves granule-time, but a granule kept
+/// mapped for one late block is memory a later allocation cannot use: two blocks that die far
+/// apart are better in separate granules, each of which is then unmapped with its group.
+const EXTEND_DIV: usize = 2;
+
+fn max_extension(now: usize, death: usize) -> usize {
+    (death - now) / EXTEND_DIV
+}
+
+/// Tail granules examined as the start of a large block, each way around its death op.
+const TAIL_CANDIDATES: usize = 4;
+
+/// Plans a placement of `input` under `config`.
+pub fn plan(input: &OracleInput, config: &OracleConfig) -> Plan {
+    config.check();
+    let g = config.granule;
+    let mut p = Planner {
+        input,
+        g,
+        space: GranuleSpace::default(),
+        granules: Granules::new(g),
+    };
+    let sizes: Vec<u64> = input
+        .blocks
+        .iter()
+        .map(|b| config.placed_size(b.size))
+        .collect();
+    let mut offsets = vec![0; input.blocks.len()];
+    let mut mapped = Vec::with_capacity(input.ops);
+    for (t, ev) in input.events().into_iter().enumerate() {
+        match ev {
+            Some((i, true)) => {
+                offsets[i] = p.place(t, input.death(i), sizes[i]);
+            }
+            Some((i, false)) => p.release(offsets[i], sizes[i]),
+            None => {}
+        }
+        mapped.push(p.granules.mapped() as u32);
+    }
+    Plan {
+        granule: g,
+        align: config.align,
+        offsets,
+        sizes,
+        extent: p.space.extent() * g,
+        mapped,
+    }
+}
+
+struct Planner<'a> {
+    input: &'a OracleInput,
+    g: u64,
+    space: GranuleSpace,
+    granules: Granules,
+}
+
+impl Planner<'_> {
+    /// Places a block of `size` bytes allocated at op `now`, dead from op `death`; returns
+    /// its offset.
+    fn place(&mut self, now: usize, death: usize, size: u64) -> u64 {
+        debug_assert!(now < death && death <= self.input.ops);
+        let offset = if size <= self.g {
+            match self.choose_gap(now, death, size) {
+                Some(gr) => gr * self.g + self.granules.gap_in(gr, size),
+                None => self.space.take(1) * self.g,
+            }
+        } else {
+            self.place_large(now, death, size)
+        };
+        self.occupy(offset, size, death);
+        offset
+    }
+
+    /// The mapped granule a block of at most a granule goes to, if any: of the granule
+    /// unmapped soonest after the block dies and the one unmapped latest before, the one whose
+    /// remaining time is closer to the block's (as a ratio), unless that extends a granule by
+    /// more than [`max_extension`]. A granule that outlives the block is always better than a
+    /// new one: it costs nothing now, when this op may be the peak.
+    fn choose_gap(&self, now: usize, death: usize, size: u64) -> Option<u64> {
+        let [after, before] = self.granules.find_gaps(size, death);
+        let life = (death - now) as u128;
+        let before = before.filter(|&(u, _)| death - u <= max_extension(now, death));
+        match (after, before) {
+            // (u_a - now) / life > life / (u_b - now): the later granule is further off.
+            (Some((ua, _)), Some((ub, b)))
+                if (ua - now) as u128 * (ub - now) as u128 > life * life =>
+            {
+                Some(b)
+            }
+            (Some((_, a)), _) => Some(a),
+            (None, b) => b.map(|(_, g)| g),
+        }
+    }
+
+    /// A block larger than a granule: a fresh run, or from the free tail of a mapped granule
+    /// on into free granules, whichever adds less granule-time.
+    fn place_large(&mut self, now: usize, death: usize, size: u64) -> u64 {
+        let life = (death - now) as u64;
+        let fresh = size.div_ceil(self.g) * life;
+        let mut best: Option<(u64, u64, u64, u64)> = None; // (cost, granule, tail, run)
+        for gr in self.granules.tail_candidates(death, TAIL_CANDIDATES) {
+            let tail = self.granules.tail_start(gr).expect("indexed as a tail");
+            let run = (size - (self.g - tail)).div_ceil(self.g);
+            let extend = death.saturating_sub(self.granules.until(gr));
+            let cost = run * life + extend as u64;
+            if cost < fresh
+                && extend <= max_extension(now, death)
+                && best.is_none_or(|b| cost < b.0)
+                && self.run_is_free(gr + 1, run)
+            {
+                best = Some((cost, gr, tail, run));
+            }
+        }
+        if let Some((_, gr, tail, run)) = best
+            && self.space.take_at(gr + 1, run)
+        {
+            return gr * self.g + tail;
+        }
+        self.space.take(size.div_ceil(self.g)) * self.g
+    }
+
+    /// Whether granules `first..first + n` are neither mapped nor taken (checked without
+    /// taking them: a taken granule is mapped, as taking is always followed by mapping).
+    fn run_is_free(&self, first: u64, n: u64) -> bool {
+        (first..first + n).all(|gr| !self.granules.is_mapped(gr))
+    }
+
+    /// Records the block in every granule it touches (address space taken by the caller).
+    fn occupy(&mut self, offset: u64, size: u64, death: usize) {
+        for gr in span(offset, size, self.g) {
+            let base = gr * self.g;
+            let start = offset.max(base) - base;
+            let end = (offset + size).min(base + self.g) - base;
+            self.granules.add(gr, start, end, death);
+        }
+    }
+
+    /// Frees the block: granules no live block touches any more are unmapped and their
+    /// addresses given back.
+    fn release(&mut self, offset: u64, size: u64) {
+        for gr in span(offset, size, self.g) {
+            let start = offset.max(gr * self.g) - gr * self.g;
+            if self.granules.remove(gr, start) {
+                self.space.give(gr);
+            }
+        }
+    }
+}
