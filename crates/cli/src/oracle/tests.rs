@@ -1,0 +1,123 @@
+//! The oracle against every policy on the synthetic generators, and its figures for the record.
+
+use super::*;
+use crate::replay::{self, ReplayConfig};
+use coalesce_backend::sim::{SimConfig, SimDevice};
+use coalesce_backend::{Backend, DriverCall, StreamId};
+use coalesce_policy::oracle::check_plan;
+use coalesce_policy::{Policy, PolicySpec, REGISTRY, build};
+use coalesce_trace::synth::GENERATORS;
+
+/// Replays `trace` under `policy` on a simulated device, as the replay engine does with no
+/// stream lag; returns the peak reserved bytes and whether classic memory was used.
+fn replay_direct(trace: &Trace, policy: &mut dyn Policy) -> (u64, bool) {
+    let mut dev = SimDevice::new(SimConfig {
+        validate: false,
+        ..SimConfig::default()
+    });
+    let mut addrs = vec![0; trace.stats.allocs as usize];
+    for op in &trace.ops {
+        match *op {
+            Op::Alloc { id, size, stream } => {
+                let s = StreamId(trace.streams[stream as usize]);
+                addrs[id as usize] = policy.alloc(&mut dev, size, s).unwrap().addr;
+            }
+            Op::Free { id, stream } => {
+                let s = StreamId(trace.streams[stream as usize]);
+                policy.free(&mut dev, addrs[id as usize], s).unwrap();
+            }
+        }
+    }
+    let m = dev.meter();
+    (m.peak_reserved_bytes, m.calls.get(DriverCall::MemAlloc) > 0)
+}
+
+fn synthetic(seed: u64) -> Vec<Trace> {
+    GENERATORS
+        .iter()
+        .map(|g| replay::synth_trace(&format!("{}@{seed}", g.name)).unwrap())
+        .collect()
+}
+
+#[test]
+fn no_policy_reserves_less_than_the_bound_on_the_generators() {
+    for trace in synthetic(1) {
+        let vmm = oracle_figures(&trace);
+        let bytes = OracleConfig {
+            granule: 1,
+            align: 1,
+        };
+        // Classic allocations are charged by the byte: the bound with 1-byte granules.
+        let classic = lower_bound(&oracle_input(&trace), &bytes).bytes;
+        assert_eq!(classic, vmm.peak_live_bytes);
+        assert!(vmm.bound_bytes >= classic && vmm.bound_bytes <= vmm.placement_bytes);
+        for info in REGISTRY {
+            let mut policy = build(&PolicySpec::named(info.name)).unwrap();
+            let (reserved, uses_classic) = replay_direct(&trace, policy.as_mut());
+            let bound = if uses_classic { classic } else { vmm.bound_bytes };
+            assert!(
+                reserved >= bound,
+                "{} on {}: reserved {reserved} < bound {bound}",
+                info.name,
+                trace.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_oracle_policy_reserves_its_plan_on_the_generators() {
+    let config = OracleConfig::default();
+    for trace in synthetic(2) {
+        let input = oracle_input(&trace);
+        let p = plan(&input, &config);
+        check_plan(&input, &p).unwrap_or_else(|e| panic!("{}: {e}", trace.name));
+        let (reserved, classic) = replay_direct(&trace, &mut OraclePolicy::new(p.clone()));
+        assert!(!classic);
+        assert_eq!(reserved, p.peak_bytes(), "{}", trace.name);
+        assert!(
+            reserved >= oracle_figures(&trace).bound_bytes,
+            "{}",
+            trace.name
+        );
+    }
+}
+
+/// The figures of the report: bound, placement and coalesce's reservation (through the
+/// replay engine, as `coalesce replay` measures it) over peak requested, for every bundled
+/// trace and every generator at seeds 1-8.
+/// `cargo test -p coalesce-cli --release -- --ignored --nocapture oracle_figures_table`
+#[test]
+#[ignore = "slow: prints the oracle's figures for every trace (run with --release)"]
+fn oracle_figures_table() {
+    let mut traces = replay::load_traces(&replay::bundled_traces().unwrap()).unwrap();
+    for seed in 1..=8 {
+        traces.extend(synthetic(seed));
+    }
+    let config = ReplayConfig {
+        sim: SimConfig::default(),
+        repeats: 1,
+        series_points: 10,
+    };
+    let spec = PolicySpec::named("coalesce");
+    println!("| trace | peak requested | bound | placement | coalesce | coalesce / placement |");
+    println!("|---|---|---|---|---|---|");
+    for trace in &traces {
+        let f = oracle_figures(trace);
+        let peak = trace.stats.peak_requested_bytes as f64;
+        assert_eq!(f.peak_live_bytes, trace.stats.peak_requested_bytes);
+        let coalesce = replay::replay(trace, &spec, &config, &mut |_| {})
+            .unwrap()
+            .peak_reserved_bytes;
+        assert!(f.bound_bytes <= f.placement_bytes && f.bound_bytes <= coalesce);
+        println!(
+            "| {} | {:.1} MiB | {:.4}x | {:.4}x | {:.4}x | {:.4} |",
+            trace.name,
+            peak / (1 << 20) as f64,
+            f.bound_bytes as f64 / peak,
+            f.placement_bytes as f64 / peak,
+            coalesce as f64 / peak,
+            coalesce as f64 / f.placement_bytes as f64,
+        );
+    }
+}
