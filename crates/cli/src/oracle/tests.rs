@@ -54,7 +54,11 @@ fn no_policy_reserves_less_than_the_bound_on_the_generators() {
         for info in REGISTRY {
             let mut policy = build(&PolicySpec::named(info.name)).unwrap();
             let (reserved, uses_classic) = replay_direct(&trace, policy.as_mut());
-            let bound = if uses_classic { classic } else { vmm.bound_bytes };
+            let bound = if uses_classic {
+                classic
+            } else {
+                vmm.bound_bytes
+            };
             assert!(
                 reserved >= bound,
                 "{} on {}: reserved {reserved} < bound {bound}",
