@@ -64,6 +64,7 @@
 
 mod bound;
 mod check;
+mod free;
 mod granules;
 mod placement;
 mod policy;

@@ -1,6 +1,7 @@
 //! The placement: one pass over the trace, each block put where it adds the least granule-time
 //! (see the module docs of [`super`] for the heuristic).
 
+use super::free::{self, FreeRanges};
 use super::granules::Granules;
 use super::va::GranuleSpace;
 use super::{OracleConfig, OracleInput};
@@ -50,8 +51,8 @@ fn max_extension(now: usize, death: usize) -> usize {
     (death - now) / EXTEND_DIV
 }
 
-/// Tail granules examined as the start of a large block, each way around its death op.
-const TAIL_CANDIDATES: usize = 4;
+/// Free ranges examined for a block larger than a granule (the shortest that fit).
+const LARGE_CANDIDATES: usize = 16;
 
 /// Plans a placement of `input` under `config`.
 pub fn plan(input: &OracleInput, config: &OracleConfig) -> Plan {
@@ -62,6 +63,7 @@ pub fn plan(input: &OracleInput, config: &OracleConfig) -> Plan {
         g,
         space: GranuleSpace::default(),
         granules: Granules::new(g),
+        free: FreeRanges::new(),
     };
     let sizes: Vec<u64> = input
         .blocks
@@ -95,6 +97,7 @@ struct Planner<'a> {
     g: u64,
     space: GranuleSpace,
     granules: Granules,
+    free: FreeRanges,
 }
 
 impl Planner<'_> {
@@ -110,6 +113,7 @@ impl Planner<'_> {
         } else {
             self.place_large(now, death, size)
         };
+        self.free.take(offset, size);
         self.occupy(offset, size, death);
         offset
     }
@@ -135,37 +139,41 @@ impl Planner<'_> {
         }
     }
 
-    /// A block larger than a granule: a fresh run, or from the free tail of a mapped granule
-    /// on into free granules, whichever adds less granule-time.
+    /// A block larger than a granule: against a neighbour in one of the shortest free ranges
+    /// that fit it (or at the end of the used space), where it adds the least granule-time.
+    /// Only the first and last granule of a block can be mapped already (a granule inside a
+    /// free range touches no live block), so each candidate costs O(1).
     fn place_large(&mut self, now: usize, death: usize, size: u64) -> u64 {
         let life = (death - now) as u64;
-        let fresh = size.div_ceil(self.g) * life;
-        let mut best: Option<(u64, u64, u64, u64)> = None; // (cost, granule, tail, run)
-        for gr in self.granules.tail_candidates(death, TAIL_CANDIDATES) {
-            let tail = self.granules.tail_start(gr).expect("indexed as a tail");
-            let run = (size - (self.g - tail)).div_ceil(self.g);
-            let extend = death.saturating_sub(self.granules.until(gr));
-            let cost = run * life + extend as u64;
-            if cost < fresh
-                && extend <= max_extension(now, death)
-                && best.is_none_or(|b| cost < b.0)
-                && self.run_is_free(gr + 1, run)
-            {
-                best = Some((cost, gr, tail, run));
+        let mut best: Option<((u64, u64, u64), u64)> = None; // ((cost, range length, start), at)
+        for (start, end) in self.free.candidates(size, LARGE_CANDIDATES) {
+            // Against the left neighbour, or the right one (the last range has none).
+            let right = (end < free::END).then_some(end - size);
+            for at in std::iter::once(start).chain(right) {
+                let granules = span(at, size, self.g);
+                let mut cost = (granules.end - granules.start) * life;
+                for gr in [granules.start, granules.end - 1] {
+                    if self.granules.is_mapped(gr) {
+                        cost -= life - death.saturating_sub(self.granules.until(gr)) as u64;
+                    }
+                    if granules.end - granules.start == 1 {
+                        break;
+                    }
+                }
+                let key = (cost, end - start, at);
+                if best.is_none_or(|b| key < b.0) {
+                    best = Some((key, at));
+                }
             }
         }
-        if let Some((_, gr, tail, run)) = best
-            && self.space.take_at(gr + 1, run)
-        {
-            return gr * self.g + tail;
+        let (_, at) = best.expect("the end of the address line is always free");
+        for gr in span(at, size, self.g) {
+            if !self.granules.is_mapped(gr) {
+                let taken = self.space.take_at(gr, 1);
+                debug_assert!(taken, "an unmapped granule is free");
+            }
         }
-        self.space.take(size.div_ceil(self.g)) * self.g
-    }
-
-    /// Whether granules `first..first + n` are neither mapped nor taken (checked without
-    /// taking them: a taken granule is mapped, as taking is always followed by mapping).
-    fn run_is_free(&self, first: u64, n: u64) -> bool {
-        (first..first + n).all(|gr| !self.granules.is_mapped(gr))
+        at
     }
 
     /// Records the block in every granule it touches (address space taken by the caller).
@@ -181,6 +189,7 @@ impl Planner<'_> {
     /// Frees the block: granules no live block touches any more are unmapped and their
     /// addresses given back.
     fn release(&mut self, offset: u64, size: u64) {
+        self.free.give(offset, size);
         for gr in span(offset, size, self.g) {
             let start = offset.max(gr * self.g) - gr * self.g;
             if self.granules.remove(gr, start) {
