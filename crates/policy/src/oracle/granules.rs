@@ -13,6 +13,7 @@ struct Granule {
     until: usize,
     /// Index keys the granule is filed under (so they can be removed).
     gap_key: Option<(u32, usize)>,
+    tail_key: Option<usize>,
 }
 
 /// Every mapped granule, by granule number, and the indexes for placement.
@@ -23,6 +24,8 @@ pub(super) struct Granules {
     mapped: usize,
     /// `by_gap[c]`: `(until, granule)` of granules whose largest gap `g` has `ilog2(g) == c`.
     by_gap: Vec<BTreeSet<(usize, u64)>>,
+    /// `(until, granule)` of granules with free space at their end (a tail).
+    tails: BTreeSet<(usize, u64)>,
 }
 
 /// How many index entries of the size class of a request are examined for a fit before
@@ -36,6 +39,7 @@ impl Granules {
             slots: Vec::new(),
             mapped: 0,
             by_gap: (0..64).map(|_| BTreeSet::new()).collect(),
+            tails: BTreeSet::new(),
         }
     }
 
@@ -51,6 +55,12 @@ impl Granules {
     /// When granule `g` (mapped) is unmapped unless more blocks land in it.
     pub fn until(&self, g: u64) -> usize {
         self.get(g).until
+    }
+
+    /// Offset of the free tail of granule `g`, if it has one.
+    pub fn tail_start(&self, g: u64) -> Option<u64> {
+        let end = self.get(g).used.last().map_or(0, |u| u.1);
+        (end < self.size).then_some(end)
     }
 
     /// Mapped granules with a gap of at least `size` bytes: the one unmapped soonest at or
@@ -73,6 +83,14 @@ impl Granules {
             }
         }
         [after, before]
+    }
+
+    /// Mapped granules with a free tail, unmapped soonest at or after `death` first, then those
+    /// unmapped before it, latest first: at most `n` of each.
+    pub fn tail_candidates(&self, death: usize, n: usize) -> Vec<u64> {
+        let after = self.tails.range((death, 0)..).take(n);
+        let before = self.tails.range(..(death, 0)).rev().take(n);
+        after.chain(before).map(|&(_, g)| g).collect()
     }
 
     /// The start of the best-fitting gap of at least `size` bytes in granule `g`.
@@ -154,12 +172,17 @@ impl Granules {
 
     fn index(&mut self, g: u64) {
         let (_, gap) = self.largest_gap(g);
+        let tail = self.tail_start(g).is_some();
         let gr = self.slots[g as usize].as_mut().expect("mapped");
         let until = gr.until;
         if gap > 0 {
             let class = gap.ilog2();
             gr.gap_key = Some((class, until));
             self.by_gap[class as usize].insert((until, g));
+        }
+        if tail {
+            gr.tail_key = Some(until);
+            self.tails.insert((until, g));
         }
     }
 
@@ -169,6 +192,9 @@ impl Granules {
         };
         if let Some((class, until)) = gr.gap_key.take() {
             self.by_gap[class as usize].remove(&(until, g));
+        }
+        if let Some(until) = gr.tail_key.take() {
+            self.tails.remove(&(until, g));
         }
     }
 }

@@ -51,16 +51,65 @@ fn max_extension(now: usize, death: usize) -> usize {
     (death - now) / EXTEND_DIV
 }
 
+/// Tail granules examined as the start of a large block, each way around its death op, in
+/// the fresh-runs variant.
+const TAIL_CANDIDATES: usize = 4;
+
 /// Free ranges examined for a block larger than a granule (the shortest that fit).
 const LARGE_CANDIDATES: usize = 16;
 
-/// Plans a placement of `input` under `config`.
+/// One way of running the greedy pass; [`plan`] runs each and keeps the best.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Variant {
+    /// Blocks up to this many granules' `1/small_div` go into gaps of mapped granules (never
+    /// across a granule boundary); larger ones go against neighbours on the address line.
+    small_div: u64,
+    /// Blocks larger than a granule take fresh granule-aligned runs instead, or start in the
+    /// free tail of a granule whose blocks die with them ([`Planner::place_fresh`]).
+    fresh_runs: bool,
+}
+
+/// The variants tried. Which wins depends on the trace: packing mid-sized blocks across
+/// granule boundaries wins where many blocks are a sizeable part of a granule (KV caches),
+/// fresh runs where blocks that would share a granule die far apart (fragmenter).
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        small_div: 1,
+        fresh_runs: false,
+    },
+    Variant {
+        small_div: 8,
+        fresh_runs: false,
+    },
+    Variant {
+        small_div: 1,
+        fresh_runs: true,
+    },
+    Variant {
+        small_div: u64::MAX,
+        fresh_runs: false,
+    },
+];
+
+/// Plans a placement of `input` under `config`: the best (lowest peak, then the first) of
+/// the greedy passes of [`VARIANTS`].
 pub fn plan(input: &OracleInput, config: &OracleConfig) -> Plan {
     config.check();
+    VARIANTS
+        .iter()
+        .map(|&v| pass(input, config, v))
+        .min_by_key(Plan::peak_bytes)
+        .expect("at least one variant")
+}
+
+/// One greedy pass over the trace.
+fn pass(input: &OracleInput, config: &OracleConfig, variant: Variant) -> Plan {
     let g = config.granule;
     let mut p = Planner {
         input,
         g,
+        small_max: g / variant.small_div,
+        fresh_runs: variant.fresh_runs,
         space: GranuleSpace::default(),
         granules: Granules::new(g),
         free: FreeRanges::new(),
@@ -95,6 +144,8 @@ pub fn plan(input: &OracleInput, config: &OracleConfig) -> Plan {
 struct Planner<'a> {
     input: &'a OracleInput,
     g: u64,
+    small_max: u64,
+    fresh_runs: bool,
     space: GranuleSpace,
     granules: Granules,
     free: FreeRanges,
@@ -105,11 +156,13 @@ impl Planner<'_> {
     /// its offset.
     fn place(&mut self, now: usize, death: usize, size: u64) -> u64 {
         debug_assert!(now < death && death <= self.input.ops);
-        let offset = if size <= self.g {
+        let offset = if size <= self.small_max {
             match self.choose_gap(now, death, size) {
                 Some(gr) => gr * self.g + self.granules.gap_in(gr, size),
                 None => self.space.take(1) * self.g,
             }
+        } else if self.fresh_runs && size > self.g {
+            self.place_fresh(now, death, size)
         } else {
             self.place_large(now, death, size)
         };
@@ -139,7 +192,7 @@ impl Planner<'_> {
         }
     }
 
-    /// A block larger than a granule: against a neighbour in one of the shortest free ranges
+    /// A block not placed in a gap: against a neighbour in one of the shortest free ranges
     /// that fit it (or at the end of the used space), where it adds the least granule-time.
     /// Only the first and last granule of a block can be mapped already (a granule inside a
     /// free range touches no live block), so each candidate costs O(1).
@@ -174,6 +227,34 @@ impl Planner<'_> {
             }
         }
         at
+    }
+
+    /// A block larger than a granule, in the fresh-runs variant: a fresh granule-aligned run,
+    /// or from the free tail of a mapped granule on into free granules after it, whichever adds
+    /// less granule-time (tails shared by blocks that die together).
+    fn place_fresh(&mut self, now: usize, death: usize, size: u64) -> u64 {
+        let life = (death - now) as u64;
+        let fresh = size.div_ceil(self.g) * life;
+        let mut best: Option<(u64, u64, u64, u64)> = None; // (cost, granule, tail, run)
+        for gr in self.granules.tail_candidates(death, TAIL_CANDIDATES) {
+            let tail = self.granules.tail_start(gr).expect("indexed as a tail");
+            let run = (size - (self.g - tail)).div_ceil(self.g);
+            let extend = death.saturating_sub(self.granules.until(gr));
+            let cost = run * life + extend as u64;
+            if cost < fresh
+                && extend <= max_extension(now, death)
+                && best.is_none_or(|b| cost < b.0)
+                && (gr + 1..gr + 1 + run).all(|g| !self.granules.is_mapped(g))
+            {
+                best = Some((cost, gr, tail, run));
+            }
+        }
+        if let Some((_, gr, tail, run)) = best
+            && self.space.take_at(gr + 1, run)
+        {
+            return gr * self.g + tail;
+        }
+        self.space.take(size.div_ceil(self.g)) * self.g
     }
 
     /// Records the block in every granule it touches (address space taken by the caller).
