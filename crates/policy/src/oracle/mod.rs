@@ -39,23 +39,35 @@
 //! block touches) adds nothing at one op. A tighter bound must use that blocks cannot move
 //! between ops (dynamic storage allocation); that is not done here.
 //!
-//! **The placement** ([`plan`]): one pass over the trace in order, with each block's free op
-//! known, greedily minimising the *granule-time* each block adds (the number of ops granules are
-//! kept mapped because of it), a proxy for the peak:
-//! - a block of at most one granule goes into the free gap of an already mapped granule if one
-//!   fits. Of the granule unmapped soonest at or after the block's death and the one unmapped
-//!   latest before it, it takes the one whose remaining time is closer to the block's as a
-//!   ratio (blocks that die together share granules), but never extends a granule's mapping by
-//!   more than half the block's lifetime (a granule is not held mapped for one straggler when
-//!   a later block could have had it). A granule that outlives the block costs nothing now (this
-//!   op may be the peak) and is preferred to a new one;
-//! - a larger block takes a fresh run of granules (granule-aligned, its own exclusive body), or
-//!   starts in the free tail of a mapped granule and runs on into free granules after it
-//!   when that adds less granule-time: tails are shared by blocks that die together, and the
-//!   free tail of a large block is a gap later small blocks can fill.
+//! **The placement** ([`plan`]): greedy passes over the trace in order, with each block's free
+//! op known, each choosing where a block adds the least *granule-time* (ops that granules stay
+//! mapped because of it), a proxy for the peak; [`plan`] keeps the pass with the lowest peak.
+//! - *Gap path* (blocks up to one granule, or up to an eighth of one in some passes): the free
+//!   gap of an already mapped granule if one fits. Of the granule unmapped soonest at or after
+//!   the block's death and the one unmapped latest before it, the one whose remaining time is
+//!   closer to the block's as a ratio (blocks that die together share granules), but never
+//!   extending a granule's mapping by more than half the block's lifetime (a granule is not
+//!   held mapped for one straggler when a later block could have had it). A granule that
+//!   outlives the block costs nothing now (this op may be the peak) and beats a new one. Else
+//!   a new granule.
+//! - *Neighbour path* (the other blocks): against the left or right neighbour in one of the
+//!   16 shortest free ranges of the address line that fit, or at the end of the used space,
+//!   wherever the block adds the least granule-time: a block shares its first and last
+//!   granules with its neighbours, so blocks packed back to back waste nothing but at the
+//!   ends of runs.
+//! - *Fresh-runs pass*: blocks larger than a granule take a fresh granule-aligned run, or
+//!   start in the free tail of a mapped granule whose blocks die with them and run on into
+//!   free granules after it (tails shared by blocks that die together); the free tail of a
+//!   run is a gap that small blocks can fill.
 //!
-//! Addresses are granule runs from a best-fit free list ([`va`]), so the planned range stays
-//! near the peak. [`check_plan`] verifies a plan independently (no overlap of live blocks, the
+//! The four passes (`placement::VARIANTS`): gap path up to a granule with the neighbour
+//! path above; gap path up to 1/8 granule; fresh runs; neighbour path for every block. Each
+//! wins on some traces (fresh runs on the fragmenter, whose neighbours die far apart; packing
+//! across granule boundaries where many blocks are a sizeable part of a granule).
+//!
+//! New granules come from a best-fit free list of granule runs (`va.rs`) and blocks of the
+//! neighbour path from a byte-level free list (`free.rs`), so the planned range stays near the
+//! peak. [`check_plan`] verifies a plan independently (no overlap of live blocks, the
 //! per-op count of mapped granules), and [`OraclePolicy`] replays a plan on a backend.
 //!
 //! **Streams.** The oracle assumes that the trace's order is safe: a block freed at op `t` may

@@ -92,7 +92,7 @@ const VARIANTS: [Variant; 4] = [
 ];
 
 /// Plans a placement of `input` under `config`: the best (lowest peak, then the first) of
-/// the greedy passes of [`VARIANTS`].
+/// the greedy passes of `VARIANTS`.
 pub fn plan(input: &OracleInput, config: &OracleConfig) -> Plan {
     config.check();
     VARIANTS
