@@ -149,7 +149,7 @@ fn replay(input: &OracleInput, policy: &mut dyn Policy) -> (u64, bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn plans_are_valid_and_never_beat_the_bound(input in trace()) {
