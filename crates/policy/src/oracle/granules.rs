@@ -2,6 +2,7 @@
 //! mapped, and an index of the granules with room left, by the size of their largest gap and
 //! the op at which they would be unmapped.
 
+use rustc_hash::FxHashMap;
 use std::collections::BTreeSet;
 
 /// A mapped granule. Invariant: `used` is sorted, its ranges are disjoint, non-empty and inside
@@ -20,8 +21,7 @@ struct Granule {
 #[derive(Debug)]
 pub(super) struct Granules {
     size: u64,
-    slots: Vec<Option<Granule>>,
-    mapped: usize,
+    slots: FxHashMap<u64, Granule>,
     /// `by_gap[c]`: `(until, granule)` of granules whose largest gap `g` has `ilog2(g) == c`.
     by_gap: Vec<BTreeSet<(usize, u64)>>,
     /// `(until, granule)` of granules with free space at their end (a tail).
@@ -36,8 +36,7 @@ impl Granules {
     pub fn new(size: u64) -> Self {
         Granules {
             size,
-            slots: Vec::new(),
-            mapped: 0,
+            slots: FxHashMap::default(),
             by_gap: (0..64).map(|_| BTreeSet::new()).collect(),
             tails: BTreeSet::new(),
         }
@@ -45,11 +44,11 @@ impl Granules {
 
     /// Granules mapped now.
     pub fn mapped(&self) -> usize {
-        self.mapped
+        self.slots.len()
     }
 
     pub fn is_mapped(&self, g: u64) -> bool {
-        self.slots.get(g as usize).is_some_and(|s| s.is_some())
+        self.slots.contains_key(&g)
     }
 
     /// When granule `g` (mapped) is unmapped unless more blocks land in it.
@@ -105,17 +104,12 @@ impl Granules {
     /// Records a block at `start..end` (offsets in granule `g`) dying at `death`; maps the
     /// granule if it was not. Returns whether it was newly mapped.
     pub fn add(&mut self, g: u64, start: u64, end: u64, death: usize) -> bool {
-        let i = g as usize;
-        if i >= self.slots.len() {
-            self.slots.resize_with(i + 1, || None);
-        }
-        let new = self.slots[i].is_none();
+        let new = !self.slots.contains_key(&g);
         if new {
-            self.slots[i] = Some(Granule::default());
-            self.mapped += 1;
+            self.slots.insert(g, Granule::default());
         }
         self.unindex(g);
-        let gr = self.slots[i].as_mut().expect("mapped");
+        let gr = self.slots.get_mut(&g).expect("mapped");
         let at = gr.used.partition_point(|u| u.0 < start);
         debug_assert!(at == 0 || gr.used[at - 1].1 <= start, "overlap in {g}");
         debug_assert!(
@@ -132,16 +126,14 @@ impl Granules {
     /// unmapped now (no live block touches it).
     pub fn remove(&mut self, g: u64, start: u64) -> bool {
         self.unindex(g);
-        let i = g as usize;
-        let gr = self.slots[i].as_mut().expect("block's granule is mapped");
+        let gr = self.slots.get_mut(&g).expect("block's granule is mapped");
         let at = gr
             .used
             .binary_search_by_key(&start, |u| u.0)
             .expect("block recorded in its granule");
         gr.used.remove(at);
         if gr.used.is_empty() {
-            self.slots[i] = None;
-            self.mapped -= 1;
+            self.slots.remove(&g);
             return true;
         }
         gr.until = gr.used.iter().map(|u| u.2).max().expect("non-empty");
@@ -150,7 +142,7 @@ impl Granules {
     }
 
     fn get(&self, g: u64) -> &Granule {
-        self.slots[g as usize].as_ref().expect("granule is mapped")
+        self.slots.get(&g).expect("granule is mapped")
     }
 
     /// `(start, len)` of every free gap of granule `g`.
@@ -173,7 +165,7 @@ impl Granules {
     fn index(&mut self, g: u64) {
         let (_, gap) = self.largest_gap(g);
         let tail = self.tail_start(g).is_some();
-        let gr = self.slots[g as usize].as_mut().expect("mapped");
+        let gr = self.slots.get_mut(&g).expect("mapped");
         let until = gr.until;
         if gap > 0 {
             let class = gap.ilog2();
@@ -187,7 +179,7 @@ impl Granules {
     }
 
     fn unindex(&mut self, g: u64) {
-        let Some(gr) = self.slots.get_mut(g as usize).and_then(|s| s.as_mut()) else {
+        let Some(gr) = self.slots.get_mut(&g) else {
             return;
         };
         if let Some((class, until)) = gr.gap_key.take() {

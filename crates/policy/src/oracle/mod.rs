@@ -76,6 +76,7 @@
 
 mod bound;
 mod check;
+mod compact;
 mod free;
 mod granules;
 mod placement;

@@ -1,6 +1,7 @@
 //! The placement: one pass over the trace, each block put where it adds the least granule-time
 //! (see the module docs of [`super`] for the heuristic).
 
+use super::compact;
 use super::free::{self, FreeRanges};
 use super::granules::Granules;
 use super::va::GranuleSpace;
@@ -55,6 +56,11 @@ fn max_extension(now: usize, death: usize) -> usize {
 /// the fresh-runs variant.
 const TAIL_CANDIDATES: usize = 4;
 
+/// Where the arenas start (far above anything the main space reaches) and how far apart, in
+/// bytes. An arena that grows into the next one just stops sharing tails there.
+const ARENA_BASE: u64 = 1 << 60;
+const ARENA_SPACING: u64 = 1 << 37;
+
 /// Free ranges examined for a block larger than a granule (the shortest that fit).
 const LARGE_CANDIDATES: usize = 16;
 
@@ -67,27 +73,45 @@ struct Variant {
     /// Blocks larger than a granule take fresh granule-aligned runs instead, or start in the
     /// free tail of a granule whose blocks die with them ([`Planner::place_fresh`]).
     fresh_runs: bool,
+    /// In the fresh-runs variant, a block that shares no tail starts a new *arena*: a region
+    /// of its own far from the others, so that the blocks which later share its tail (those
+    /// that die with it) find the granules after it free.
+    arenas: bool,
 }
 
 /// The variants tried. Which wins depends on the trace: packing mid-sized blocks across
 /// granule boundaries wins where many blocks are a sizeable part of a granule (KV caches),
 /// fresh runs where blocks that would share a granule die far apart (fragmenter).
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 6] = [
     Variant {
         small_div: 1,
         fresh_runs: false,
+        arenas: false,
     },
     Variant {
         small_div: 8,
         fresh_runs: false,
+        arenas: false,
     },
     Variant {
         small_div: 1,
         fresh_runs: true,
+        arenas: false,
     },
     Variant {
         small_div: u64::MAX,
         fresh_runs: false,
+        arenas: false,
+    },
+    Variant {
+        small_div: 1,
+        fresh_runs: true,
+        arenas: true,
+    },
+    Variant {
+        small_div: 8,
+        fresh_runs: true,
+        arenas: true,
     },
 ];
 
@@ -110,7 +134,11 @@ fn pass(input: &OracleInput, config: &OracleConfig, variant: Variant) -> Plan {
         g,
         small_max: g / variant.small_div,
         fresh_runs: variant.fresh_runs,
+        arenas: variant.arenas,
         space: GranuleSpace::default(),
+        arena_space: GranuleSpace::default(),
+        arena_base: ARENA_BASE / g,
+        next_arena: ARENA_BASE / g,
         granules: Granules::new(g),
         free: FreeRanges::new(),
     };
@@ -131,12 +159,13 @@ fn pass(input: &OracleInput, config: &OracleConfig, variant: Variant) -> Plan {
         }
         mapped.push(p.granules.mapped() as u32);
     }
+    let extent = compact::compact(&mut offsets, &sizes, g);
     Plan {
         granule: g,
         align: config.align,
         offsets,
         sizes,
-        extent: p.space.extent() * g,
+        extent,
         mapped,
     }
 }
@@ -146,7 +175,15 @@ struct Planner<'a> {
     g: u64,
     small_max: u64,
     fresh_runs: bool,
+    arenas: bool,
+    /// Granules below `arena_base`.
     space: GranuleSpace,
+    /// Granules from `arena_base` up, numbered from 0.
+    arena_space: GranuleSpace,
+    /// First granule of the arenas.
+    arena_base: u64,
+    /// Where the next arena starts (a granule number).
+    next_arena: u64,
     granules: Granules,
     free: FreeRanges,
 }
@@ -161,7 +198,7 @@ impl Planner<'_> {
                 Some(gr) => gr * self.g + self.granules.gap_in(gr, size),
                 None => self.space.take(1) * self.g,
             }
-        } else if self.fresh_runs && size > self.g {
+        } else if self.fresh_runs && (size > self.g || self.arenas) {
             self.place_fresh(now, death, size)
         } else {
             self.place_large(now, death, size)
@@ -222,39 +259,65 @@ impl Planner<'_> {
         let (_, at) = best.expect("the end of the address line is always free");
         for gr in span(at, size, self.g) {
             if !self.granules.is_mapped(gr) {
-                let taken = self.space.take_at(gr, 1);
+                let taken = self.take_at(gr, 1);
                 debug_assert!(taken, "an unmapped granule is free");
             }
         }
         at
     }
 
-    /// A block larger than a granule, in the fresh-runs variant: a fresh granule-aligned run,
-    /// or from the free tail of a mapped granule on into free granules after it, whichever adds
-    /// less granule-time (tails shared by blocks that die together).
+    /// A block larger than a granule (with arenas: any block the gap path does not take), in
+    /// the fresh-runs variant: a fresh granule-aligned run (with arenas: a new arena), or from
+    /// the free tail of a mapped granule on into free granules after it if that adds less
+    /// granule-time: of those tails, the one whose remaining time is closest to the block's
+    /// (tails shared by blocks that die together).
     fn place_fresh(&mut self, now: usize, death: usize, size: u64) -> u64 {
         let life = (death - now) as u64;
         let fresh = size.div_ceil(self.g) * life;
-        let mut best: Option<(u64, u64, u64, u64)> = None; // (cost, granule, tail, run)
+        // (remaining-time ratio, cost, granule, tail, run)
+        let mut best: Option<(f64, u64, u64, u64, u64)> = None;
         for gr in self.granules.tail_candidates(death, TAIL_CANDIDATES) {
             let tail = self.granules.tail_start(gr).expect("indexed as a tail");
-            let run = (size - (self.g - tail)).div_ceil(self.g);
-            let extend = death.saturating_sub(self.granules.until(gr));
+            let run = size.saturating_sub(self.g - tail).div_ceil(self.g);
+            let until = self.granules.until(gr);
+            let extend = death.saturating_sub(until);
             let cost = run * life + extend as u64;
+            // How far the tail's remaining time is from the block's, as a ratio (>= 1).
+            let ratio = if until >= death {
+                (until - now) as f64 / life as f64
+            } else {
+                life as f64 / (until - now) as f64
+            };
             if cost < fresh
                 && extend <= max_extension(now, death)
-                && best.is_none_or(|b| cost < b.0)
+                && best.is_none_or(|b| (ratio, cost) < (b.0, b.1))
                 && (gr + 1..gr + 1 + run).all(|g| !self.granules.is_mapped(g))
             {
-                best = Some((cost, gr, tail, run));
+                best = Some((ratio, cost, gr, tail, run));
             }
         }
-        if let Some((_, gr, tail, run)) = best
-            && self.space.take_at(gr + 1, run)
+        if let Some((_, _, gr, tail, run)) = best
+            && (run == 0 || self.take_at(gr + 1, run))
         {
             return gr * self.g + tail;
         }
-        self.space.take(size.div_ceil(self.g)) * self.g
+        let run = size.div_ceil(self.g);
+        if self.arenas {
+            let start = self.next_arena;
+            self.next_arena += (ARENA_SPACING / self.g).max(run);
+            let taken = self.take_at(start, run);
+            debug_assert!(taken, "a new arena is free");
+            return start * self.g;
+        }
+        self.space.take(run) * self.g
+    }
+
+    /// Takes granules `first..first + n` (all in the main space or all in arenas) if free.
+    fn take_at(&mut self, first: u64, n: u64) -> bool {
+        match first.checked_sub(self.arena_base) {
+            Some(a) => self.arena_space.take_at(a, n),
+            None => first + n <= self.arena_base && self.space.take_at(first, n),
+        }
     }
 
     /// Records the block in every granule it touches (address space taken by the caller).
@@ -274,7 +337,10 @@ impl Planner<'_> {
         for gr in span(offset, size, self.g) {
             let start = offset.max(gr * self.g) - gr * self.g;
             if self.granules.remove(gr, start) {
-                self.space.give(gr);
+                match gr.checked_sub(self.arena_base) {
+                    Some(a) => self.arena_space.give(a),
+                    None => self.space.give(gr),
+                }
             }
         }
     }

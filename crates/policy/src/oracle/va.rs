@@ -10,15 +10,9 @@ pub(super) struct GranuleSpace {
     by_start: BTreeMap<u64, u64>,
     by_len: BTreeSet<(u64, u64)>,
     top: u64,
-    /// Highest `top` ever: the granules the plan's range must span.
-    high: u64,
 }
 
 impl GranuleSpace {
-    pub fn extent(&self) -> u64 {
-        self.high
-    }
-
     /// Takes `n` contiguous free granules (best fit, lowest address among equals); returns the
     /// first.
     pub fn take(&mut self, n: u64) -> u64 {
@@ -81,7 +75,6 @@ impl GranuleSpace {
 
     fn bump(&mut self, top: u64) {
         self.top = top;
-        self.high = self.high.max(top);
     }
 
     fn insert(&mut self, start: u64, len: u64) {
@@ -117,7 +110,6 @@ mod tests {
         }
         assert_eq!(s.top, 0);
         assert!(s.by_start.is_empty() && s.by_len.is_empty());
-        assert_eq!(s.extent(), 8);
         assert!(s.take_at(2, 1));
         assert_eq!(s.take(2), 0, "the gap below a placed run is free");
     }
