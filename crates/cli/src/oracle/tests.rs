@@ -104,24 +104,30 @@ fn oracle_figures_table() {
         series_points: 10,
     };
     let spec = PolicySpec::named("coalesce");
-    println!("| trace | peak requested | bound | placement | coalesce | coalesce / placement |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| trace | peak requested | bound | placement | coalesce | coalesce / placement | plan range |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for trace in &traces {
-        let f = oracle_figures(trace);
+        let input = oracle_input(trace);
+        let p = plan(&input, &OracleConfig::default());
+        let (extent, placement) = (p.extent, p.peak_bytes());
+        let bound = lower_bound(&input, &OracleConfig::default()).bytes;
         let peak = trace.stats.peak_requested_bytes as f64;
-        assert_eq!(f.peak_live_bytes, trace.stats.peak_requested_bytes);
+        assert_eq!(input.peak_live_bytes(), trace.stats.peak_requested_bytes);
         let coalesce = replay::replay(trace, &spec, &config, &mut |_| {})
             .unwrap()
             .peak_reserved_bytes;
-        assert!(f.bound_bytes <= f.placement_bytes && f.bound_bytes <= coalesce);
+        assert!(bound <= placement && bound <= coalesce);
         println!(
-            "| {} | {:.1} MiB | {:.4}x | {:.4}x | {:.4}x | {:.4} |",
+            "| {} | {:.1} MiB | {:.4}x | {:.4}x | {:.4}x | {:.4} | {:.1} GiB |",
             trace.name,
             peak / (1 << 20) as f64,
-            f.bound_bytes as f64 / peak,
-            f.placement_bytes as f64 / peak,
+            bound as f64 / peak,
+            placement as f64 / peak,
             coalesce as f64 / peak,
-            coalesce as f64 / f.placement_bytes as f64,
+            coalesce as f64 / placement as f64,
+            extent as f64 / (1u64 << 30) as f64,
         );
     }
 }

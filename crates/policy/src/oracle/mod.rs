@@ -55,19 +55,26 @@
 //!   wherever the block adds the least granule-time: a block shares its first and last
 //!   granules with its neighbours, so blocks packed back to back waste nothing but at the
 //!   ends of runs.
-//! - *Fresh-runs pass*: blocks larger than a granule take a fresh granule-aligned run, or
-//!   start in the free tail of a mapped granule whose blocks die with them and run on into
-//!   free granules after it (tails shared by blocks that die together); the free tail of a
-//!   run is a gap that small blocks can fill.
+//! - *Fresh-runs passes*: blocks larger than a granule start in the free tail of a mapped
+//!   granule and run on into free granules after it, when that adds less granule-time than a
+//!   fresh granule-aligned run; of the tails that qualify, the one whose remaining time is
+//!   closest to the block's (tails shared by blocks that die together). The free tail of a
+//!   run is a gap that small blocks can fill. With *arenas*, a block that shares no tail
+//!   starts a region of its own far from the others (and blocks above an eighth of a granule
+//!   take this path too), so the blocks that die with it find the granules after it free:
+//!   blocks that die together end up side by side and free whole granules when they go.
 //!
-//! The four passes (`placement::VARIANTS`): gap path up to a granule with the neighbour
-//! path above; gap path up to 1/8 granule; fresh runs; neighbour path for every block. Each
-//! wins on some traces (fresh runs on the fragmenter, whose neighbours die far apart; packing
-//! across granule boundaries where many blocks are a sizeable part of a granule).
+//! The six passes (`placement::VARIANTS`): gap path up to a granule, neighbour path above;
+//! the same with the gap path up to 1/8 granule; neighbour path for every block; fresh runs;
+//! fresh runs with arenas, from a granule or from 1/8 granule. Each wins on some traces
+//! (arenas on the fragmenter, whose neighbours die far apart; packing across granule
+//! boundaries where many blocks are a sizeable part of a granule, as KV caches). A plan is
+//! finally compacted: runs of granules blocks touch are moved back to back (`compact.rs`).
 //!
 //! New granules come from a best-fit free list of granule runs (`va.rs`) and blocks of the
-//! neighbour path from a byte-level free list (`free.rs`), so the planned range stays near the
-//! peak. [`check_plan`] verifies a plan independently (no overlap of live blocks, the
+//! neighbour path from a byte-level free list (`free.rs`), so addresses are reused; arenas are
+//! not, so with them the planned range ([`Plan::extent`], what [`OraclePolicy`] reserves)
+//! grows with what they hold over the trace. [`check_plan`] verifies a plan independently (no overlap of live blocks, the
 //! per-op count of mapped granules), and [`OraclePolicy`] replays a plan on a backend.
 //!
 //! **Streams.** The oracle assumes that the trace's order is safe: a block freed at op `t` may

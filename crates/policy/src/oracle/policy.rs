@@ -59,6 +59,11 @@ impl OraclePolicy {
         }
     }
 
+    /// The plan being replayed.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     fn off_plan(&self, size: u64, reason: String) -> PolicyError {
         PolicyError::OffPlan {
             requested: size,

@@ -71,6 +71,26 @@ fn known_optima() {
         free(3),
     ];
     assert_eq!(granules(&grouped), (2, 2), "blocks grouped by death time");
+    // The same with blocks of 1.5 granules: A and C die early, B and D late, then a block of
+    // three granules needs A's and C's granules, which only a placement that put A and C
+    // side by side (and B and D) frees whole: 6 granules, not 7.
+    let large = [
+        alloc(3 * h), // A
+        alloc(3 * h), // B
+        alloc(3 * h), // C
+        alloc(3 * h), // D
+        free(0),
+        free(2),
+        alloc(3 * G),
+        free(4),
+        free(1),
+        free(3),
+    ];
+    assert_eq!(
+        granules(&large),
+        (6, 6),
+        "large blocks grouped by death time"
+    );
 }
 
 #[test]
