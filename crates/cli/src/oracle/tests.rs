@@ -41,24 +41,34 @@ fn synthetic(seed: u64) -> Vec<Trace> {
 
 #[test]
 fn no_policy_reserves_less_than_the_bound_on_the_generators() {
-    for trace in synthetic(1) {
-        let vmm = oracle_figures(&trace);
+    no_policy_below_the_bound(synthetic(1));
+}
+
+/// `cargo test -p coalesce-cli --release -- --ignored on_the_bundled_traces`
+#[test]
+#[ignore = "slow: every policy over every bundled trace (run with --release)"]
+fn no_policy_reserves_less_than_the_bound_on_the_bundled_traces() {
+    no_policy_below_the_bound(replay::load_traces(&replay::bundled_traces().unwrap()).unwrap());
+}
+
+/// Replays every registered policy over each trace and checks its peak reservation against
+/// the bound of the model it allocates in.
+fn no_policy_below_the_bound(traces: Vec<Trace>) {
+    for trace in traces {
+        let input = oracle_input(&trace);
+        let vmm = lower_bound(&input, &OracleConfig::default()).bytes;
         let bytes = OracleConfig {
             granule: 1,
             align: 1,
         };
         // Classic allocations are charged by the byte: the bound with 1-byte granules.
-        let classic = lower_bound(&oracle_input(&trace), &bytes).bytes;
-        assert_eq!(classic, vmm.peak_live_bytes);
-        assert!(vmm.bound_bytes >= classic && vmm.bound_bytes <= vmm.placement_bytes);
+        let classic = lower_bound(&input, &bytes).bytes;
+        assert_eq!(classic, trace.stats.peak_requested_bytes);
+        assert!(vmm >= classic);
         for info in REGISTRY {
             let mut policy = build(&PolicySpec::named(info.name)).unwrap();
             let (reserved, uses_classic) = replay_direct(&trace, policy.as_mut());
-            let bound = if uses_classic {
-                classic
-            } else {
-                vmm.bound_bytes
-            };
+            let bound = if uses_classic { classic } else { vmm };
             assert!(
                 reserved >= bound,
                 "{} on {}: reserved {reserved} < bound {bound}",
@@ -80,7 +90,7 @@ fn the_oracle_policy_reserves_its_plan_on_the_generators() {
         assert!(!classic);
         assert_eq!(reserved, p.peak_bytes(), "{}", trace.name);
         assert!(
-            reserved >= oracle_figures(&trace).bound_bytes,
+            reserved >= lower_bound(&input, &config).bytes,
             "{}",
             trace.name
         );
