@@ -121,6 +121,7 @@ fn oracle_figures_table() {
     for trace in &traces {
         let input = oracle_input(trace);
         let p = plan(&input, &OracleConfig::default());
+        check_plan(&input, &p).unwrap_or_else(|e| panic!("{}: {e}", trace.name));
         let (extent, placement) = (p.extent, p.peak_bytes());
         let bound = lower_bound(&input, &OracleConfig::default()).bytes;
         let peak = trace.stats.peak_requested_bytes as f64;
