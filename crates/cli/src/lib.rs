@@ -4,6 +4,7 @@
 //! `main.rs` only parses arguments and calls in here, so everything is testable.
 
 pub mod bench;
+pub mod oracle;
 pub mod replay;
 pub mod report;
 pub mod units;

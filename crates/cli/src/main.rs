@@ -365,7 +365,7 @@ fn run_bench(args: BenchArgs) -> ExitCode {
 fn run_synth(args: SynthArgs) -> ExitCode {
     if args.list {
         for g in synth::GENERATORS {
-            println!("{:<20} {}", g.name, g.summary);
+            println!("{:<26} {}", g.name, g.summary);
         }
         return ExitCode::SUCCESS;
     }

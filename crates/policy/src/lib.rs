@@ -15,12 +15,13 @@ mod coalesce;
 #[cfg(test)]
 mod contract_tests;
 mod cuda_malloc;
+pub mod oracle;
 pub mod registry;
 pub mod spec;
 mod tf_bfc;
 mod torch;
 
-pub use registry::{PolicyInfo, REGISTRY, build, lookup};
+pub use registry::{OFFLINE, PolicyInfo, REGISTRY, build, lookup};
 pub use spec::{PolicySpec, SpecError};
 
 use coalesce_backend::{Backend, BackendError, DevAddr, StreamId};
@@ -51,6 +52,10 @@ pub enum PolicyError {
         "free of {0:#x}, which is not a live allocation of this pool (double free or foreign pointer)"
     )]
     UnknownAddress(DevAddr),
+    /// The offline oracle was asked for an allocation its plan does not hold (another trace,
+    /// past its end, or larger than planned).
+    #[error("cannot allocate {requested} bytes off the oracle's plan: {reason}")]
+    OffPlan { requested: u64, reason: String },
     /// The backend refused a call: a bug in the policy or a driver failure.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -1,7 +1,7 @@
 //! The registry of policies. Adding a policy is one entry here plus its module.
 
 use super::spec::{PolicySpec, SpecError};
-use super::{Policy, bfc_classic, buddy, coalesce, cuda_malloc, tf_bfc, torch};
+use super::{Policy, bfc_classic, buddy, coalesce, cuda_malloc, oracle, tf_bfc, torch};
 
 /// A policy the CLI, the pool and the C ABI can build by name.
 #[derive(Debug)]
@@ -26,8 +26,15 @@ pub static REGISTRY: &[PolicyInfo] = &[
     buddy::INFO,
 ];
 
+/// Offline policies: they need the whole trace before the first allocation, so [`build`]
+/// refuses them with [`SpecError::NeedsTrace`] and front-ends build them from the trace
+/// (`oracle::OraclePolicy::new(oracle::plan(&input, &config))`). They are kept out of
+/// [`REGISTRY`], every entry of which builds from a spec alone.
+pub static OFFLINE: &[PolicyInfo] = &[oracle::INFO];
+
+/// The policy named `name`, online or offline.
 pub fn lookup(name: &str) -> Option<&'static PolicyInfo> {
-    REGISTRY.iter().find(|p| p.name == name)
+    REGISTRY.iter().chain(OFFLINE).find(|p| p.name == name)
 }
 
 /// Builds a policy from its spec, rejecting unknown names and options with an explanation.
@@ -36,6 +43,7 @@ pub fn build(spec: &PolicySpec) -> Result<Box<dyn Policy>, SpecError> {
         name: spec.name.clone(),
         known: REGISTRY
             .iter()
+            .chain(OFFLINE)
             .map(|p| p.name)
             .collect::<Vec<_>>()
             .join(", "),
@@ -79,5 +87,22 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("bfc-classic"));
+        assert!(e.contains("oracle"));
+    }
+
+    #[test]
+    fn offline_policies_are_found_but_need_a_trace() {
+        for p in OFFLINE {
+            assert!(REGISTRY.iter().all(|q| q.name != p.name), "{}", p.name);
+            assert_eq!(lookup(p.name).map(|q| q.name), Some(p.name));
+            let e = build(&PolicySpec::named(p.name)).unwrap_err();
+            assert_eq!(
+                e,
+                SpecError::NeedsTrace {
+                    policy: p.name.to_owned()
+                }
+            );
+            assert!(e.to_string().contains("needs the whole trace"), "{e}");
+        }
     }
 }

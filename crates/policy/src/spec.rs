@@ -37,6 +37,10 @@ pub enum SpecError {
         key: String,
         problem: String,
     },
+    #[error(
+        "policy {policy} is offline: it needs the whole trace first, so it cannot be built from a spec alone (front-ends build it from the trace)"
+    )]
+    NeedsTrace { policy: String },
     #[error("empty policy list")]
     Empty,
 }

@@ -7,9 +7,11 @@
 
 mod builder;
 mod fragmenter;
+mod irregular;
 mod kv_cache;
 mod lifetimes;
 mod rng;
+mod serving;
 mod streams;
 mod training;
 
@@ -57,6 +59,16 @@ pub static GENERATORS: &[Generator] = &[
         name: "synth-fragmenter",
         summary: "adversarial: fill, free every other block, then ask for larger blocks",
         generate: fragmenter::holes,
+    },
+    Generator {
+        name: "synth-training-irregular",
+        summary: "a training loop repeating one step, with a few irregular steps (evaluation, longer sequences)",
+        generate: irregular::irregular,
+    },
+    Generator {
+        name: "synth-serving",
+        summary: "LLM serving: many concurrent requests of random lengths, KV caches growing in chunks",
+        generate: serving::continuous_batching,
     },
 ];
 
