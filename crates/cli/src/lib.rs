@@ -6,4 +6,5 @@
 pub mod bench;
 pub mod replay;
 pub mod report;
+pub mod tune;
 pub mod units;
