@@ -57,8 +57,9 @@ def torch_memory_stats(s):
     calls = s.get("driver_calls_by_kind", {})
     out["num_alloc_retries"] = s["num_alloc_retries"]
     out["num_ooms"] = s["num_ooms"]
-    out["num_device_alloc"] = calls.get("mem_alloc", 0) + calls.get("mem_create", 0)
-    out["num_device_free"] = calls.get("mem_free", 0) + calls.get("mem_release", 0)
+    # torch counts cudaMalloc and cuMemMap calls, and cudaFree and cuMemUnmap calls.
+    out["num_device_alloc"] = calls.get("mem_alloc", 0) + calls.get("mem_map", 0)
+    out["num_device_free"] = calls.get("mem_free", 0) + calls.get("mem_unmap", 0)
     out["num_sync_all_streams"] = calls.get("synchronize", 0)
     return OrderedDict(sorted(out.items()))
 
