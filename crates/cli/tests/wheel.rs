@@ -3,7 +3,7 @@
 //! `import coalesce_torch` finding its bundled libcoalesce.so (on the simulated backend).
 //!
 //! Ignored by default: building the wheel is a release build of the CLI and the C library in
-//! a target directory of its own (a nested cargo cannot share this test's), about 4 minutes on
+//! a target directory of its own (a nested cargo cannot share this test's), 163 s measured on
 //! 2 cores. Run it with `cargo test -p coalesce-cli --test wheel -- --ignored`; with
 //! COALESCE_WHEEL=path/to.whl it installs that wheel instead of building one. Needs python3
 //! with venv and, without a `maturin` on the PATH, PyPI (to install maturin).
@@ -70,7 +70,7 @@ fn write_pickle(path: &Path) {
 }
 
 #[test]
-#[ignore = "builds a release wheel (about 4 minutes on 2 cores); run with --ignored"]
+#[ignore = "builds a release wheel (163 s measured on 2 shared cores); run with --ignored"]
 fn the_wheel_installs_the_command_and_the_package_without_rust() {
     let scratch = std::env::temp_dir().join(format!("coalesce-wheel-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
