@@ -117,6 +117,11 @@ pub fn text(t: &Tuning, ctx: &Context, top: usize) -> String {
         }
     }
     s += &best_lines(t);
+    if s.contains("per_process_memory_fraction") {
+        s += "(garbage_collection_threshold acts only under a memory fraction, hence \
+              per_process_memory_fraction:1.0; PyTorch releases without that key in \
+              PYTORCH_CUDA_ALLOC_CONF take torch.cuda.set_per_process_memory_fraction(1.0))\n";
+    }
     s
 }
 
