@@ -1,31 +1,42 @@
-"""coalesce for PyTorch: swap in the coalesce GPU memory pool, read its stats.
+"""coalesce for PyTorch: swap in the coalesce GPU memory pool; torch's memory calls keep working.
 
 Three lines, before the first CUDA allocation::
 
     import coalesce_torch
     coalesce_torch.install()          # or install("/path/to/libcoalesce.so")
     ...                               # your training or inference, unchanged
-    print(coalesce_torch.memory_stats()["peak_reserved_bytes"])
+    print(torch.cuda.max_memory_allocated())   # answered by coalesce's pool
 
 ``install`` hands PyTorch ``libcoalesce.so`` through
-``torch.cuda.memory.CUDAPluggableAllocator``. PyTorch's own ``torch.cuda.memory_stats()`` does
-not work with a pluggable allocator, so the stats, cache, limit and snapshot functions here
-call the library directly (ctypes; they do not need torch, and work on the simulated backend
-with ``COALESCE_BACKEND=sim``).
+``torch.cuda.memory.CUDAPluggableAllocator`` and then patches torch's Python memory functions
+(``memory_stats``, ``memory_allocated``, ``max_memory_allocated``, ``memory_reserved``,
+``max_memory_reserved``, ``reset_peak_memory_stats``, ``empty_cache``,
+``set_per_process_memory_fraction``, ``memory_snapshot``, ``memory_summary``, ``_snapshot``,
+``_dump_snapshot``, ``_record_memory_history``, in ``torch.cuda`` and ``torch.cuda.memory``),
+which PyTorch does not support for pluggable allocators, to answer from the pool (see
+``_patch.py`` and docs/gpu.md). The functions here call the library directly (ctypes; they do
+not need torch, and work on the simulated backend with ``COALESCE_BACKEND=sim``).
 
-The library is found, in order: the ``path`` argument, ``$COALESCE_LIB``, then
-``target/release`` and ``target/debug`` of the repository this package sits in. The policy
-and backend come from the environment (``COALESCE_POLICY``, ``COALESCE_BACKEND``, ...; see
-docs/gpu.md), read when a device's pool is first used.
+The library is found, in order: the ``path`` argument, ``$COALESCE_LIB``, the copy bundled in
+this package (the wheel's), then ``target/release`` and ``target/debug`` of the repository
+this package sits in. The policy and backend come from the environment (``COALESCE_POLICY``,
+``COALESCE_BACKEND``, ...; see docs/gpu.md), read when a device's pool is first used.
 """
 
 import ctypes
 import json
 import os
+import sys
 from pathlib import Path
+
+__version__ = "0.1.0"
 
 __all__ = [
     "CoalesceError",
+    "OutOfMemoryError",
+    "reset_peak_stats",
+    "patch_torch",
+    "unpatch_torch",
     "library_path",
     "load",
     "install",
@@ -53,7 +64,9 @@ def library_path(path=None):
     elif os.environ.get("COALESCE_LIB"):
         candidates.append(Path(os.environ["COALESCE_LIB"]))
     else:
-        repo = Path(__file__).resolve().parents[2]
+        here = Path(__file__).resolve().parent
+        repo = here.parents[1]
+        candidates.append(here / _LIB_NAME)
         candidates += [repo / "target" / p / _LIB_NAME for p in ("release", "debug")]
     for c in candidates:
         if c.is_file():
@@ -87,17 +100,22 @@ def load(path=None):
     lib.coalesce_set_memory_limit.restype = c.c_int
     lib.coalesce_dump_snapshot.argtypes = [c.c_int, c.c_char_p]
     lib.coalesce_dump_snapshot.restype = c.c_int
+    lib.coalesce_dump_snapshot_pickle.argtypes = [c.c_int, c.c_char_p]
+    lib.coalesce_dump_snapshot_pickle.restype = c.c_int
+    lib.coalesce_reset_peak_stats.argtypes = [c.c_int]
+    lib.coalesce_reset_peak_stats.restype = c.c_int
     lib.coalesce_last_error.argtypes = [c.c_char_p, c.c_size_t]
     lib.coalesce_last_error.restype = c.c_size_t
     _lib, _lib_path = lib, resolved
     return lib
 
 
-def install(path=None, policy=None):
+def install(path=None, policy=None, patch=True):
     """Makes coalesce PyTorch's CUDA allocator. Call it before the first CUDA allocation.
 
     ``policy`` (e.g. ``"bfc-classic"``) sets ``COALESCE_POLICY`` for the pools not yet
-    created. Returns the ``CUDAPluggableAllocator``.
+    created. With ``patch`` (the default), torch's memory functions then answer from the pool
+    (see ``patch_torch``). Returns the ``CUDAPluggableAllocator``.
     """
     if policy is not None:
         os.environ["COALESCE_POLICY"] = policy
@@ -108,7 +126,27 @@ def install(path=None, policy=None):
         raise ImportError("coalesce_torch.install() needs PyTorch (import torch failed)") from e
     alloc = torch.cuda.memory.CUDAPluggableAllocator(_lib_path, "coalesce_malloc", "coalesce_free")
     torch.cuda.memory.change_current_allocator(alloc)
+    if patch:
+        patch_torch(torch)
     return alloc
+
+
+def patch_torch(torch=None):
+    """Makes torch's memory functions (``torch.cuda.memory_stats``, ``max_memory_allocated``,
+    ``_dump_snapshot``, ...) answer from coalesce's pool; returns the names replaced.
+    ``install()`` calls it."""
+    from . import _patch
+
+    if torch is None:
+        import torch
+    return _patch.patch(torch, sys.modules[__name__])
+
+
+def unpatch_torch():
+    """Gives torch its own memory functions back."""
+    from . import _patch
+
+    _patch.unpatch()
 
 
 def last_error():
@@ -120,8 +158,33 @@ def last_error():
     return buf.value.decode("utf-8", "replace")
 
 
+class OutOfMemoryError(CoalesceError):
+    """The pool could not allocate. Raised as a subclass that is also
+    ``torch.cuda.OutOfMemoryError`` when torch is imported (see ``oom_error``)."""
+
+
+def oom_error(message, requested=None, device=0):
+    """An out-of-memory exception ``except torch.cuda.OutOfMemoryError`` catches, its text the
+    library's message plus the fragmentation report when ``requested`` is known."""
+    from ._oom import error_class, fragmentation
+
+    if requested is not None and "unusable" not in message:
+        try:
+            message = f"{message}; {fragmentation(requested, memory_stats(device))}"
+        except CoalesceError:
+            pass
+    return error_class(OutOfMemoryError)(message)
+
+
 def _fail(what):
-    raise CoalesceError(f"{what}: {last_error()}")
+    message = last_error()
+    if "out of memory" in message:
+        import re
+
+        found = re.search(r"cannot allocate (\d+) bytes", message)
+        requested = int(found.group(1)) if found else None
+        raise oom_error(f"{what}: {message}", requested)
+    raise CoalesceError(f"{what}: {message}")
 
 
 def memory_stats(device=0):
@@ -161,7 +224,20 @@ def set_memory_limit(limit, device=0):
 
 
 def dump_snapshot(path, device=0):
-    """Writes segments, live blocks and recent events to ``path`` as a CSV trace that
-    ``coalesce replay path`` replays."""
-    if load().coalesce_dump_snapshot(device, os.fsencode(path)) != 0:
+    """Writes segments, live blocks and recent events to ``path``: PyTorch's snapshot pickle
+    (what ``torch.cuda.memory._dump_snapshot`` writes; https://pytorch.org/memory_viz opens
+    it), or a CSV trace when ``path`` ends in ``.csv``. ``coalesce replay path`` replays
+    either."""
+    lib = load()
+    if os.fspath(path).endswith(".csv"):
+        ok = lib.coalesce_dump_snapshot(device, os.fsencode(path)) == 0
+    else:
+        ok = lib.coalesce_dump_snapshot_pickle(device, os.fsencode(path)) == 0
+    if not ok:
         _fail("dump_snapshot")
+
+
+def reset_peak_stats(device=0):
+    """Resets the peaks (requested, allocated, reserved) to the current values."""
+    if load().coalesce_reset_peak_stats(device) != 0:
+        _fail("reset_peak_stats")

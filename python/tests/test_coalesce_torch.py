@@ -6,6 +6,7 @@ COALESCE_BACKEND=sim, COALESCE_SIM_CAPACITY=1 GiB. Tests run in order: they shar
 
 import ctypes
 import os
+import pickle
 import sys
 import tempfile
 import types
@@ -119,6 +120,112 @@ class Sim(unittest.TestCase):
                 del sys.modules["torch"]
             else:
                 sys.modules["torch"] = saved
+
+    def test_7_dump_snapshot_writes_pytorchs_pickle(self):
+        kept = malloc(3 * MIB)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "snap.pickle")
+            ct.dump_snapshot(path)
+            with open(path, "rb") as f:
+                snap = pickle.load(f)
+        free(kept, 3 * MIB)
+        self.assertEqual(set(snap), {"segments", "device_traces", "allocator_settings"})
+        blocks = [b for seg in snap["segments"] for b in seg["blocks"]]
+        mine = [b for b in blocks if b["address"] == kept]
+        self.assertEqual(len(mine), 1)
+        self.assertEqual(mine[0]["state"], "active_allocated")
+        self.assertEqual(mine[0]["requested_size"], 3 * MIB)
+        trace = snap["device_traces"][0]
+        self.assertIn({"action": "alloc", "addr": kept, "size": 3 * MIB},
+                      [{k: e[k] for k in ("action", "addr", "size")} for e in trace])
+
+    def test_8_torchs_own_calls_answer_from_the_pool(self):
+        torch = fake_torch()
+        replaced = ct.patch_torch(torch)
+        try:
+            self.assertIn("memory_stats", replaced)
+            self.assertIn("_dump_snapshot", replaced)
+            for module in (torch.cuda, torch.cuda.memory):
+                self.assertTrue(module.memory_stats._coalesce)
+            p = malloc(5 * MIB)
+            s = ct.memory_stats()
+            stats = torch.cuda.memory_stats()
+            self.assertEqual(list(stats), sorted(stats), "sorted like torch's")
+            self.assertEqual(stats["allocated_bytes.all.current"], s["allocated_bytes"])
+            self.assertEqual(stats["reserved_bytes.all.peak"], s["peak_reserved_bytes"])
+            self.assertEqual(stats["requested_bytes.all.current"], s["requested_bytes"])
+            self.assertEqual(stats["num_ooms"], s["num_ooms"])
+            self.assertEqual(stats["allocation.all.current"], s["num_allocs"] - s["num_frees"])
+            self.assertEqual(torch.cuda.memory_allocated(), s["allocated_bytes"])
+            self.assertEqual(torch.cuda.memory_allocated("cuda:0"), s["allocated_bytes"])
+            self.assertEqual(torch.cuda.memory.max_memory_allocated(0), s["peak_allocated_bytes"])
+            self.assertEqual(torch.cuda.memory_reserved(), s["reserved_bytes"])
+            self.assertEqual(torch.cuda.max_memory_reserved(), s["peak_reserved_bytes"])
+            free(p, 5 * MIB)
+            torch.cuda.reset_peak_memory_stats()
+            s = ct.memory_stats()
+            self.assertEqual(s["peak_requested_bytes"], s["requested_bytes"])
+            self.assertEqual(torch.cuda.max_memory_allocated(), s["allocated_bytes"])
+            torch.cuda.empty_cache()
+            self.assertEqual(torch.cuda.memory_reserved(), ct.memory_stats()["reserved_bytes"])
+            torch.cuda.set_per_process_memory_fraction(0.25)
+            self.assertEqual(ct.memory_stats()["memory_limit"], 256 * MIB)
+            ct.set_memory_limit(None)
+            self.assertIsInstance(torch.cuda.memory_snapshot(), list)
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "torch.pickle")
+                torch.cuda.memory._record_memory_history(enabled=None)
+                torch.cuda.memory._dump_snapshot(path)
+                with open(path, "rb") as f:
+                    self.assertIn("device_traces", pickle.load(f))
+            self.assertIn("coalesce pool on device 0", torch.cuda.memory_summary())
+            self.assertEqual(ct.patch_torch(torch), replaced, "patching twice is patching once")
+        finally:
+            ct.unpatch_torch()
+        with self.assertRaises(RuntimeError) as e:
+            torch.cuda.memory_stats()
+        self.assertIn("does not yet support", str(e.exception))
+
+    def test_9_out_of_memory_is_torchs_exception_with_a_fragmentation_report(self):
+        torch = fake_torch()
+        saved = sys.modules.get("torch")
+        sys.modules["torch"] = torch
+        try:
+            ct.set_memory_limit(64 * MIB)
+            self.assertFalse(malloc(256 * MIB))
+            with self.assertRaises(torch.cuda.OutOfMemoryError) as e:
+                ct._fail("malloc")
+            self.assertIsInstance(e.exception, ct.OutOfMemoryError)
+            text = str(e.exception)
+            self.assertIn("cannot allocate 268435456 bytes", text)
+            self.assertIn("requested 256.00 MiB, reserved", text)
+            self.assertIn("of reserved memory (", text)
+            self.assertIn("is free but unusable for this request", text)
+        finally:
+            ct.set_memory_limit(None)
+            if saved is None:
+                del sys.modules["torch"]
+            else:
+                sys.modules["torch"] = saved
+
+
+def fake_torch():
+    """A stand-in `torch` whose memory functions fail as PyTorch's do under a pluggable
+    allocator."""
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("CUDAPluggableAllocator does not yet support getDeviceStats")
+
+    names = ["memory_stats", "memory_allocated", "max_memory_allocated", "memory_reserved",
+             "max_memory_reserved", "reset_peak_memory_stats", "empty_cache",
+             "set_per_process_memory_fraction", "memory_snapshot", "memory_summary"]
+    memory = types.SimpleNamespace(**{n: unsupported for n in names},
+                                   _snapshot=unsupported, _dump_snapshot=unsupported,
+                                   _record_memory_history=unsupported)
+    cuda = types.SimpleNamespace(**{n: unsupported for n in names}, memory=memory,
+                                 current_device=lambda: 0,
+                                 OutOfMemoryError=type("OutOfMemoryError", (RuntimeError,), {}))
+    return types.SimpleNamespace(cuda=cuda)
 
 
 if __name__ == "__main__":

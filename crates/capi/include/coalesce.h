@@ -66,6 +66,19 @@ size_t coalesce_last_error(char *buf, size_t len);
 /* Clears the calling thread's last error. */
 void coalesce_clear_error(void);
 
+/* For PyTorch users (crates/capi/src/exports_torch.rs). */
+
+/* Writes a snapshot of `device`'s pool to `path` in PyTorch's snapshot pickle format (as
+ * torch.cuda.memory._dump_snapshot writes: segments with their blocks and states,
+ * device_traces, allocator_settings). https://pytorch.org/memory_viz and
+ * torch.cuda._memory_viz open it; `coalesce replay path` replays it to the pool's state.
+ * 0 on success, -1 on error. */
+int coalesce_dump_snapshot_pickle(int device, const char *path);
+
+/* Resets the peaks of `device`'s stats (peak requested, allocated and reserved bytes) to the
+ * current values, as torch.cuda.reset_peak_memory_stats. 0 on success, -1 on error. */
+int coalesce_reset_peak_stats(int device);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,8 +11,10 @@
 
 mod config;
 mod exports;
+mod exports_torch;
 mod ffi;
 mod pools;
 mod stats_json;
 
 pub use exports::*;
+pub use exports_torch::*;

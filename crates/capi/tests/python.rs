@@ -26,7 +26,7 @@ fn the_python_package_works_on_the_simulated_backend() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        stderr.contains("Ran 6 tests") && stderr.trim_end().ends_with("OK"),
+        stderr.contains("Ran 9 tests") && stderr.trim_end().ends_with("OK"),
         "{}",
         text(&o)
     );

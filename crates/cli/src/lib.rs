@@ -7,4 +7,5 @@ pub mod bench;
 pub mod oracle;
 pub mod replay;
 pub mod report;
+pub mod tune;
 pub mod units;

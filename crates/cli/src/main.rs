@@ -5,6 +5,7 @@ use coalesce_backend::sim::SimConfig;
 use coalesce_cli::bench;
 use coalesce_cli::replay::{self, ReplayConfig};
 use coalesce_cli::report::{json, plot, table};
+use coalesce_cli::tune;
 use coalesce_cli::units::parse_size;
 use coalesce_policy::{PolicySpec, REGISTRY, registry};
 use coalesce_trace::{synth, write_csv};
@@ -38,6 +39,45 @@ enum Command {
     Policies,
     /// Write a synthetic trace (see `coalesce synth --list`) as CSV.
     Synth(SynthArgs),
+    /// Find the PYTORCH_CUDA_ALLOC_CONF that reserves least on your trace: replays PyTorch's
+    /// allocator (the torch-native model) under combinations of max_split_size_mb,
+    /// roundup_power2_divisions, garbage_collection_threshold and expandable_segments, in
+    /// parallel, and prints the best settings as a line to paste.
+    Tune(TuneArgs),
+}
+
+#[derive(Args)]
+struct TuneArgs {
+    /// Trace files: PyTorch snapshot pickles (torch.cuda.memory._dump_snapshot) or CSV,
+    /// optionally gzip-compressed. Each file is tuned on its own; the devices of one snapshot
+    /// share one setting.
+    #[arg(required = true)]
+    traces: Vec<PathBuf>,
+
+    /// Memory of your GPU (e.g. 80GiB, or what the process may use): also reports which
+    /// settings avoid an out-of-memory error the default hits at this size.
+    #[arg(long, value_parser = parse_size)]
+    capacity: Option<u64>,
+
+    /// Search a handful of settings instead of the full grid (seconds instead of a minute).
+    #[arg(long)]
+    quick: bool,
+
+    /// Never suggest expandable_segments:True (for setups it conflicts with).
+    #[arg(long)]
+    no_expandable: bool,
+
+    /// Settings shown per file, best first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    top: u64,
+
+    /// Worker threads; default: one per core.
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+
+    /// Print one JSON object per file instead of the report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -200,6 +240,7 @@ fn main() -> ExitCode {
         }
         Command::Synth(args) => run_synth(args),
         Command::Bench(args) => run_bench(args),
+        Command::Tune(args) => run_tune(args),
     }
 }
 
@@ -360,6 +401,59 @@ fn run_bench(args: BenchArgs) -> ExitCode {
         ),
         None => ExitCode::SUCCESS,
     }
+}
+
+fn run_tune(args: TuneArgs) -> ExitCode {
+    if let Some(n) = args.jobs
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+    {
+        return fail(EXIT_BAD_INPUT, format!("--jobs {n}: {e}"));
+    }
+    let grid = tune::candidates(tune::GridChoice {
+        quick: args.quick,
+        expandable: !args.no_expandable,
+    });
+    let config = ReplayConfig {
+        sim: SimConfig {
+            capacity: args.capacity.unwrap_or(SimConfig::default().capacity),
+            ..SimConfig::default()
+        },
+        repeats: 1,
+        series_points: 2,
+    };
+    for path in &args.traces {
+        let traces = match replay::load_trace(path) {
+            Ok(t) => t,
+            Err(e) => return fail(EXIT_BAD_INPUT, e),
+        };
+        traces.iter().for_each(report_warnings);
+        let bar =
+            replay::progress_bar(tune::ops_per_candidate(&traces, &config) * grid.len() as u64);
+        bar.set_message(format!("tuning {}", path.display()));
+        let start = std::time::Instant::now();
+        let tuning = match tune::tune(&traces, &grid, &config, &bar) {
+            Ok(t) => t,
+            Err(e) => return fail(1, e),
+        };
+        bar.finish_and_clear();
+        let name = replay::trace_name(path);
+        let ctx = tune::report::Context {
+            trace: &name,
+            capacity: config.sim.capacity,
+            capacity_given: args.capacity.is_some(),
+            searched: grid.len(),
+            seconds: start.elapsed().as_secs_f64(),
+            threads: rayon::current_num_threads(),
+        };
+        if args.json {
+            println!("{}", tune::report::json(&tuning, &ctx, args.top as usize));
+        } else {
+            println!("{}", tune::report::text(&tuning, &ctx, args.top as usize));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_synth(args: SynthArgs) -> ExitCode {

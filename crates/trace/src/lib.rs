@@ -18,6 +18,7 @@ mod input;
 mod pickle;
 mod resolve;
 mod snapshot;
+mod snapshot_pickle;
 pub mod synth;
 mod write;
 
@@ -26,4 +27,8 @@ pub use error::{TraceError, Warning, WarningKind};
 pub use event::{Action, RawEvent};
 pub use input::{DeviceEvents, TraceFormat, read_trace, read_trace_bytes};
 pub use resolve::{Op, Trace, TraceStats, resolve};
+pub use snapshot_pickle::{
+    AllocatorSettings, BlockState, SnapshotBlock, SnapshotDoc, SnapshotEvent, SnapshotSegment,
+    write_snapshot_pickle,
+};
 pub use write::write_csv;

@@ -5,7 +5,7 @@ mod load;
 mod series;
 
 pub use engine::{ReplayConfig, ReplayError, ReplayResult, median, replay};
-pub use load::{bundled_traces, load_trace, load_traces, synth_trace};
+pub use load::{bundled_traces, load_trace, load_traces, synth_trace, trace_name};
 pub use series::Series;
 
 use coalesce_policy::PolicySpec;
@@ -37,7 +37,8 @@ pub fn replay_all(
     Ok(results)
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+pub fn progress_bar(total: u64) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

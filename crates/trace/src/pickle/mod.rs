@@ -29,15 +29,14 @@ mod memo;
 mod opcode;
 mod source;
 mod value;
+pub(crate) mod write;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub(crate) use error::{PickleError, PickleErrorKind};
 pub(crate) use machine::article;
-#[cfg(test)]
-pub(crate) use value::Seq;
-pub(crate) use value::{Dict, IntProblem, Value};
+pub(crate) use value::{Dict, IntProblem, Seq, Value};
 
 use std::io::Read;
 

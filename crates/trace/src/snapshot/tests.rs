@@ -3,7 +3,7 @@
 use super::parse_snapshot;
 use crate::event::{Action, RawEvent};
 use crate::input::DeviceEvents;
-use crate::pickle::tests::writer::{Options, long_bytes, write};
+use crate::pickle::write::{Options, long_bytes, write};
 use crate::pickle::{Dict, Seq, Value};
 use std::path::Path;
 use std::rc::Rc;

@@ -2,7 +2,6 @@
 //! message and offset.
 
 mod proptests;
-pub(crate) mod writer;
 
 use super::load;
 use super::value::{MAX_DEPTH, Value};

@@ -1,9 +1,9 @@
 //! Property tests: random values with shared references survive a round trip through the
 //! test writer, and no input bytes make the reader panic.
 
-use super::writer::{Options, write};
 use crate::pickle::load;
 use crate::pickle::value::{Dict, Seq, Value};
+use crate::pickle::write::{Options, write};
 use proptest::prelude::*;
 use rustc_hash::FxHashSet;
 use std::rc::Rc;

@@ -1,6 +1,10 @@
-//! A pickle writer for tests: encodes a [`Value`] the way CPython's pickler does (memo by
-//! object identity, batched APPENDS/SETITEMS, FRAMEs at protocol 4+), with knobs that vary
-//! the encodings so round trips cover every opcode the reader supports.
+//! The pickle writer: encodes a [`Value`] the way CPython's pickler does (memo by object
+//! identity, batched APPENDS/SETITEMS, FRAMEs at protocol 4+). Snapshots are written with
+//! [`Options::python`]`(4)`, which Python 3.4 and later read; tests vary the knobs so round
+//! trips cover every opcode the reader supports.
+//!
+//! Invariant: what [`write`] returns is one complete pickle that [`super::load`] decodes to a
+//! value equal to the input (shared `Rc`s stay shared through the memo).
 
 use crate::pickle::value::Value;
 use rustc_hash::FxHashMap;
