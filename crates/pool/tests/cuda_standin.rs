@@ -262,6 +262,9 @@ fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
     }
     let stats = pool.stats().unwrap();
     assert_eq!(stats.requested_bytes, 0, "{}", what(OPS));
+    pool.with_core(|core| core.teardown())
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{}: teardown: {e}", what(OPS)));
     for s in owned {
         pool.with_backend(|b| b.destroy_stream(s)).unwrap().unwrap();
     }

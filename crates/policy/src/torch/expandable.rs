@@ -38,12 +38,15 @@ impl ExpandableSegment {
 
     /// `map`: creates and maps the pages covering `[addr, addr + size)` (`addr` page-aligned,
     /// pages unmapped) and makes them accessible; returns the mapped `(addr, size)`, or the
-    /// out-of-memory error after releasing this call's handles.
+    /// out-of-memory error. Any failure undoes the call's work first (unmaps and releases what
+    /// it created), so a failing driver call leaves no page mapped without access and no
+    /// handle behind.
     fn map(
         &mut self,
         dev: &mut dyn Backend,
         addr: u64,
         size: u64,
+        orphans: &mut Vec<PhysHandle>,
     ) -> Result<Result<(u64, u64), BackendError>, PolicyError> {
         let begin = (addr - self.base) / self.page;
         let end = (addr + size - self.base).div_ceil(self.page);
@@ -51,32 +54,66 @@ impl ExpandableSegment {
             debug_assert!(self.handles[i as usize].is_none(), "page {i} mapped twice");
             match dev.mem_create(self.page) {
                 Ok(h) => self.handles[i as usize] = Some(h),
-                Err(e) if e.is_out_of_memory() => {
-                    for j in begin..i {
-                        let h = self.handles[j as usize].take().expect("created above");
-                        dev.mem_release(h)?;
-                    }
-                    return Ok(Err(e));
+                Err(e) => {
+                    self.undo(dev, begin..i, begin..begin, orphans);
+                    return if e.is_out_of_memory() {
+                        Ok(Err(e))
+                    } else {
+                        Err(e.into())
+                    };
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         for i in begin..end {
             let h = self.handles[i as usize].expect("created above");
-            dev.mem_map(self.base + i * self.page, h)?;
+            if let Err(e) = dev.mem_map(self.base + i * self.page, h) {
+                self.undo(dev, begin..end, begin..i, orphans);
+                return Err(e.into());
+            }
         }
         let range = (self.base + begin * self.page, (end - begin) * self.page);
-        dev.set_access(range.0, range.1)?;
+        if let Err(e) = dev.set_access(range.0, range.1) {
+            self.undo(dev, begin..end, begin..end, orphans);
+            return Err(e.into());
+        }
         Ok(Ok(range))
+    }
+
+    /// Undoes part of a `map`: unmaps pages `mapped` and releases the handles of `created`.
+    /// A release that fails leaves its handle in `orphans`; a page that cannot be unmapped
+    /// keeps its handle (it stays mapped, and is unmapped with the segment later).
+    fn undo(
+        &mut self,
+        dev: &mut dyn Backend,
+        created: std::ops::Range<u64>,
+        mapped: std::ops::Range<u64>,
+        orphans: &mut Vec<PhysHandle>,
+    ) {
+        let mut stuck = Vec::new();
+        for i in mapped {
+            if dev.mem_unmap(self.base + i * self.page, self.page).is_err() {
+                stuck.push(i);
+            }
+        }
+        for i in created.filter(|i| !stuck.contains(i)) {
+            if let Some(h) = self.handles[i as usize].take()
+                && dev.mem_release(h).is_err()
+            {
+                orphans.push(h);
+            }
+        }
     }
 
     /// `unmap`: unmaps and releases the pages entirely inside `[addr, addr + size)`, after
     /// the stream has finished with them; returns the unmapped `(addr, size)` (size 0: none).
+    /// A failing `cuMemUnmap` ends the call with the pages before it unmapped (the rest stays
+    /// mapped and cached); a failing `cuMemRelease` leaves its handle in `orphans`.
     fn unmap(
         &mut self,
         dev: &mut dyn Backend,
         addr: u64,
         size: u64,
+        orphans: &mut Vec<PhysHandle>,
     ) -> Result<(u64, u64), PolicyError> {
         let begin = (addr - self.base).div_ceil(self.page);
         let end = (addr + size - self.base) / self.page;
@@ -84,21 +121,37 @@ impl ExpandableSegment {
             return Ok((addr, 0));
         }
         dev.stream_synchronize(self.stream)?;
+        let start = self.base + begin * self.page;
         for i in begin..end {
-            let h = self.handles[i as usize].take().expect("mapped page");
-            dev.mem_unmap(self.base + i * self.page, self.page)?;
-            dev.mem_release(h)?;
+            let h = self.handles[i as usize].expect("mapped page");
+            if let Err(e) = dev.mem_unmap(self.base + i * self.page, self.page) {
+                if i == begin {
+                    return Err(e.into());
+                }
+                return Ok((start, (i - begin) * self.page));
+            }
+            self.handles[i as usize] = None;
+            if dev.mem_release(h).is_err() {
+                orphans.push(h);
+            }
         }
-        Ok((self.base + begin * self.page, (end - begin) * self.page))
+        Ok((start, (end - begin) * self.page))
     }
 }
 
 impl TorchCaching {
-    fn segment_mut(&mut self, id: BlockId) -> &mut ExpandableSegment {
+    /// The expandable segment of block `id`, and the orphan list its calls may add to.
+    fn segment_mut(&mut self, id: BlockId) -> (&mut ExpandableSegment, &mut Vec<PhysHandle>) {
         let s = self.blocks.get(id).expandable;
-        self.expandable[s as usize]
+        let seg = self.expandable[s as usize]
             .as_mut()
-            .expect("block of a live expandable segment")
+            .expect("block of a live expandable segment");
+        (seg, &mut self.orphans)
+    }
+
+    /// Releases the handles a failed `cuMemRelease` left behind; keeps those that fail again.
+    pub(super) fn release_orphans(&mut self, dev: &mut dyn Backend) {
+        self.orphans.retain(|&h| dev.mem_release(h).is_err());
     }
 
     /// `try_allocate_expandable_block`: maps enough pages at the lowest address where the
@@ -222,7 +275,10 @@ impl TorchCaching {
         size: u64,
     ) -> Result<Result<(), BackendError>, PolicyError> {
         let addr = self.blocks.get(to_map).addr;
-        let (_, mapped) = match self.segment_mut(to_map).map(dev, addr, size)? {
+        let (_, mapped) = match {
+            let (seg, orphans) = self.segment_mut(to_map);
+            seg.map(dev, addr, size, orphans)?
+        } {
             Ok(range) => range,
             Err(e) => return Ok(Err(e)),
         };
@@ -262,7 +318,8 @@ impl TorchCaching {
         id: BlockId,
     ) -> Result<(), PolicyError> {
         let b = *self.blocks.get(id);
-        let (at, unmapped) = self.segment_mut(id).unmap(dev, b.addr, b.size)?;
+        let (seg, orphans) = self.segment_mut(id);
+        let (at, unmapped) = seg.unmap(dev, b.addr, b.size, orphans)?;
         if unmapped == 0 {
             return Ok(());
         }

@@ -41,7 +41,7 @@ pub use config::TorchConfig;
 use super::registry::PolicyInfo;
 use super::{Block as Handed, Policy, PolicyError, Segment, Usage};
 use block::{BlockArena, BlockId, BlockPool, PoolKind};
-use coalesce_backend::{Backend, DevAddr, EventId, StreamId};
+use coalesce_backend::{Backend, DevAddr, EventId, PhysHandle, StreamId};
 use expandable::ExpandableSegment;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, VecDeque};
@@ -92,6 +92,9 @@ pub struct TorchCaching {
     expandable: Vec<Option<ExpandableSegment>>,
     /// Events recorded at frees on other streams, per stream in record order.
     events: BTreeMap<StreamId, VecDeque<(EventId, BlockId)>>,
+    /// Pages unmapped whose `cuMemRelease` failed: released again at the next `empty_cache`,
+    /// so a failing driver call loses no memory (not in PyTorch, which aborts).
+    orphans: Vec<PhysHandle>,
     /// Bytes held from the device (`total_allocated_memory`).
     reserved: u64,
     /// Bytes of allocated blocks.
@@ -109,6 +112,7 @@ impl TorchCaching {
             active: FxHashMap::default(),
             segments: BTreeMap::new(),
             expandable: Vec::new(),
+            orphans: Vec::new(),
             events: BTreeMap::new(),
             reserved: 0,
             allocated: 0,

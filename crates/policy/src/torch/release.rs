@@ -61,6 +61,7 @@ impl TorchCaching {
         dev: &mut dyn Backend,
     ) -> Result<(), PolicyError> {
         self.synchronize_and_free_events(dev)?;
+        self.release_orphans(dev);
         self.release_blocks(dev, PoolKind::Large)?;
         self.release_blocks(dev, PoolKind::Small)
     }
