@@ -575,6 +575,21 @@ fn child_scenario() {
             create(2 * G);
             reserve(2 * G);
         }
+        "fail_rate" => {
+            init_context();
+            // One character per cuMemCreate: whether it failed with the configured code.
+            let outcomes: String = (0..64)
+                .map(|_| match try_create(2 * G) {
+                    Ok(h) => {
+                        assert_eq!(release(h), OK);
+                        '.'
+                    }
+                    Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY) => 'x',
+                    Err(e) => panic!("{e:?}"),
+                })
+                .collect();
+            println!("outcomes {outcomes}");
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -735,4 +750,31 @@ fn threads_map_write_and_verify_their_own_memory() {
         w.join().unwrap();
     }
     assert_eq!(controls().leak_count(), 0, "{}", controls().leak_report());
+}
+
+#[test]
+fn fault_rate_from_the_environment_is_seeded() {
+    let run = |seed: &str| {
+        let o = child(
+            "fail_rate",
+            &[
+                (
+                    "COALESCE_STANDIN_FAIL_RATE",
+                    "cuMemCreate:0.5:OUT_OF_MEMORY",
+                ),
+                ("COALESCE_STANDIN_SEED", seed),
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.lines()
+            .find_map(|l| l.strip_prefix("outcomes "))
+            .expect("outcomes line")
+            .to_string()
+    };
+    let (a, b, c) = (run("7"), run("7"), run("8"));
+    assert_eq!(a, b, "same seed, same faults");
+    assert_ne!(a, c, "another seed, other faults");
+    let failed = a.matches('x').count();
+    assert!((16..=48).contains(&failed), "{a}");
 }
