@@ -106,6 +106,7 @@ mod config;
 mod context;
 mod faults;
 mod leaks;
+mod physical;
 mod state;
 mod streams;
 mod vmm;

@@ -1,5 +1,6 @@
 //! Virtual memory management over host memory: a reservation is a `PROT_NONE` anonymous
-//! mapping, a physical handle a memfd, `cuMemMap` maps the memfd `MAP_SHARED | MAP_FIXED`
+//! mapping, a physical handle a range of a memfd (see [`crate::physical`]), `cuMemMap` maps
+//! that range `MAP_SHARED | MAP_FIXED`
 //! (still `PROT_NONE`), `cuMemSetAccess` `mprotect`s, and `cuMemUnmap` puts a `PROT_NONE`
 //! anonymous mapping back.
 //!
@@ -8,7 +9,6 @@
 
 use crate::state::{Handle, Mapping, State};
 use cudarc::driver::sys::CUresult;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const INVALID: CUresult = CUresult::CUDA_ERROR_INVALID_VALUE;
 
@@ -108,27 +108,17 @@ impl State {
         if size > self.config.capacity - self.devices[device as usize].used {
             return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
         }
-        // SAFETY: a valid NUL-terminated name and flags.
-        let raw = unsafe { libc::memfd_create(c"coalesce-standin".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let Ok(len) = libc::off_t::try_from(size) else {
-            return Err(INVALID);
-        };
-        // SAFETY: `fd` is a memfd this function owns.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-            return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
-        }
+        let offset = self
+            .arena
+            .take(size)
+            .ok_or(CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
         self.charge(device, size)?;
         let id = self.next_handle;
         self.next_handle += 1;
         self.handles.insert(
             id,
             Handle {
-                fd,
+                offset,
                 size,
                 device,
                 released: false,
@@ -158,8 +148,9 @@ impl State {
 
     fn drop_if_unused(&mut self, id: u64) {
         if let Some(h) = self.handles.get(&id).filter(|h| h.released && h.maps == 0) {
-            let (device, size) = (h.device, h.size);
+            let (device, size, offset) = (h.device, h.size, h.offset);
             self.handles.remove(&id);
+            self.arena.give_back(offset, size);
             self.uncharge(device, size);
         }
     }
@@ -197,18 +188,23 @@ impl State {
         if self.overlaps_mapping(ptr, end) {
             return Err(INVALID);
         }
-        let Ok(off) = libc::off_t::try_from(offset) else {
+        let fd = self
+            .arena
+            .fd()
+            .expect("a handle exists, so the arena has its file");
+        let Ok(off) = libc::off_t::try_from(h.offset + offset as u64) else {
             return Err(INVALID);
         };
         // SAFETY: [ptr, end) lies in a reservation of ours with nothing mapped there, so
-        // replacing it hurts no one; `fd` is a live memfd at least offset + size long.
+        // replacing it hurts no one; the handle's range of the arena file spans
+        // [off, off + size) (checked against its size above).
         let r = unsafe {
             libc::mmap(
                 ptr as *mut libc::c_void,
                 size,
                 libc::PROT_NONE,
                 libc::MAP_SHARED | libc::MAP_FIXED,
-                h.fd.as_raw_fd(),
+                fd,
                 off,
             )
         };

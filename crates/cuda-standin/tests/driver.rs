@@ -778,3 +778,32 @@ fn fault_rate_from_the_environment_is_seeded() {
     let failed = a.matches('x').count();
     assert!((16..=48).contains(&failed), "{a}");
 }
+
+#[test]
+fn thousands_of_handles_need_no_file_descriptors() {
+    let _t = setup();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+    let n = 3000;
+    let va = reserve(n * G);
+    let handles: Vec<u64> = (0..n).map(|_| create(G)).collect();
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(map(va + (i * G) as u64, G, *h), OK);
+        assert_eq!(release(*h), OK);
+    }
+    assert!(
+        fds() <= before + 8,
+        "{} descriptors for {n} handles",
+        fds() - before
+    );
+    assert_eq!(set_rw(va, n * G), OK);
+    // SAFETY: the whole range is mapped read/write.
+    unsafe { *((va + (n * G) as u64 - 1) as *mut u8) = 9 };
+    assert_eq!(
+        unmap(va, n * G),
+        OK,
+        "one call unmaps all {n} adjacent mappings"
+    );
+    assert_eq!(address_free(va, n * G), OK);
+    assert_eq!(controls().leak_count(), 0, "{}", controls().leak_report());
+}
