@@ -590,6 +590,20 @@ fn child_scenario() {
                 .collect();
             println!("outcomes {outcomes}");
         }
+        "strict_release" => {
+            init_context();
+            let va = reserve(2 * G);
+            let h = create(2 * G);
+            assert_eq!(map(va, 2 * G, h), OK);
+            assert_eq!(
+                release(h),
+                INVALID,
+                "strict: a mapped handle is not released"
+            );
+            assert_eq!(unmap(va, 2 * G), OK);
+            assert_eq!(release(h), OK);
+            assert_eq!(address_free(va, 2 * G), OK);
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -806,4 +820,16 @@ fn thousands_of_handles_need_no_file_descriptors() {
     );
     assert_eq!(address_free(va, n * G), OK);
     assert_eq!(controls().leak_count(), 0, "{}", controls().leak_report());
+}
+
+#[test]
+fn strict_release_refuses_a_mapped_handle() {
+    let o = child(
+        "strict_release",
+        &[
+            ("COALESCE_STANDIN_STRICT_RELEASE", "1"),
+            ("COALESCE_STANDIN_LEAK_CHECK", "abort"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
 }
