@@ -257,8 +257,11 @@ impl State {
         self.granule_multiple(size)?;
         let starts = self.tiling(ptr, size)?;
         for start in starts {
+            let len = self.mappings[&start].size;
+            // Only the kernel running out of map entries can refuse this; then the mappings
+            // before this one are unmapped and this one and those after stay.
+            map_none(Some(start), len).ok_or(CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
             let m = self.mappings.remove(&start).expect("tiling found it");
-            map_none(Some(start), m.size).expect("replacing our own mapping in place");
             self.handles
                 .get_mut(&m.handle)
                 .expect("a mapped handle is known")
