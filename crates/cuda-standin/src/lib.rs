@@ -37,6 +37,7 @@
 //! | `COALESCE_STANDIN_GRANULARITY` | VMM granularity, a power of two, a page multiple | 2 MiB |
 //! | `COALESCE_STANDIN_DEVICES` | device count (0: `cuInit` fails with `NO_DEVICE`) | 1 |
 //! | `COALESCE_STANDIN_STREAM_LAG_MS` | stream work completes this long after it is enqueued | 0 |
+//! | `COALESCE_STANDIN_STREAM_LAG_QUERIES` | after each record, this many `cuEventQuery` calls of the event answer `NOT_READY` (a deterministic lag; a synchronize ends it) | 0 |
 //! | `COALESCE_STANDIN_FAIL` | `fn:k:CODE[,fn:k:CODE...]`: the k-th call of `fn` fails with `CODE` | none |
 //! | `COALESCE_STANDIN_FAIL_RATE` | `fn:p:CODE[,...]`: each call of `fn` fails with probability `p` | none |
 //! | `COALESCE_STANDIN_SEED` | seed of the fault-rate generator | 0 |
@@ -87,9 +88,10 @@
 //!   `fn` from now (1: the next) fails with `code`.
 //! - `int coalesce_standin_fail_rate(const char *fn, double p, int code, uint64_t seed)`.
 //! - `void coalesce_standin_reset(void)`: forgets counts and faults, clears the sticky fault,
-//!   restores the environment's lag; live objects stay.
+//!   restores the environment's lags; live objects stay.
 //! - `uint64_t coalesce_standin_calls(const char *fn)`: calls so far (`UINT64_MAX`: unknown).
-//! - `int coalesce_standin_set_stream_lag_ms(double ms)`.
+//! - `int coalesce_standin_set_stream_lag_ms(double ms)`,
+//!   `void coalesce_standin_set_stream_lag_queries(uint64_t n)`.
 //! - `size_t coalesce_standin_leak_report(char *buf, size_t len)`: the report as JSON
 //!   (`handles_not_released`, `mappings_left`, `reservations_not_freed`,
 //!   `allocations_not_freed`, `async_faults`, `bytes_in_use`, `primary_context_refs`,

@@ -105,7 +105,7 @@ impl State {
         State {
             devices: (0..config.devices).map(|_| Device::default()).collect(),
             faults: Faults::new(&config),
-            streams: Streams::new(config.lag),
+            streams: Streams::new(config.lag, config.lag_queries),
             config,
             config_error,
             initialized: false,

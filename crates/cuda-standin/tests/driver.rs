@@ -833,3 +833,37 @@ fn strict_release_refuses_a_mapped_handle() {
     );
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn a_lag_in_queries_is_deterministic_and_ends_at_a_synchronize() {
+    let _t = setup();
+    controls().set_stream_lag_queries(2);
+    let (mut stream, mut event) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: valid out-pointers; handles made here.
+    unsafe {
+        assert_eq!(sys::cuStreamCreate(&mut stream, 1), OK);
+        assert_eq!(sys::cuEventCreate(&mut event, 2), OK);
+        assert_eq!(sys::cuEventRecord(event, stream), OK);
+        assert_eq!(sys::cuEventQuery(event), CUresult::CUDA_ERROR_NOT_READY);
+        assert_eq!(sys::cuEventQuery(event), CUresult::CUDA_ERROR_NOT_READY);
+        assert_eq!(sys::cuEventQuery(event), OK);
+        assert_eq!(sys::cuEventRecord(event, stream), OK);
+        assert_eq!(sys::cuEventQuery(event), CUresult::CUDA_ERROR_NOT_READY);
+        assert_eq!(sys::cuStreamSynchronize(stream), OK);
+        assert_eq!(
+            sys::cuEventQuery(event),
+            OK,
+            "the stream's synchronize ended the lag"
+        );
+        assert_eq!(sys::cuEventRecord(event, std::ptr::null_mut()), OK);
+        assert_eq!(sys::cuCtxSynchronize(), OK);
+        assert_eq!(
+            sys::cuEventQuery(event),
+            OK,
+            "the context's synchronize ended the lag"
+        );
+        assert_eq!(sys::cuEventDestroy_v2(event), OK);
+        assert_eq!(sys::cuStreamDestroy_v2(stream), OK);
+    }
+    controls().reset();
+}
