@@ -6,8 +6,10 @@ first on LD_LIBRARY_PATH (coalesce_cuda_standin_loader::loader_dir()), then diff
     python3 crates/cuda-standin/scripts/probe.py > real.txt                       # on a GPU
     LD_LIBRARY_PATH=target/debug/deps/cuda-standin python3 .../probe.py > standin.txt
 
-Probes that would poison a real context (illegal addresses) or crash (destroyed handles) are
-left out.
+Probes that would poison a real context (illegal addresses) or crash it are left out: on
+driver 580 a cuMemMap of an unknown handle segfaults, and a map running past its reservation
+succeeds (the stand-in refuses both). probe-h100-580.txt holds the answers of an H100 with
+driver 580.159.04; the stand-in's tests compare against it.
 """
 import ctypes as C
 import sys
@@ -147,8 +149,6 @@ out("map_misaligned", mem_map(va + 4096, 2 * G, 0, h1, 0))
 out("map_offset_page", mem_map(va, G, 4096, h1, 0))
 out("map_bigger_than_handle", mem_map(va, 4 * G, 0, h1, 0))
 out("map_not_reserved", mem_map(gone.value, 2 * G, 0, h1, 0))
-out("map_past_reservation", mem_map(va + 7 * G, 2 * G, 0, h1, 0))
-out("map_unknown_handle", mem_map(va, 2 * G, 0, 987654321, 0))
 out("map_offset_granule", mem_map(va + 6 * G, G, G, h3, 0))
 out("unmap_offset_granule", unmap(va + 6 * G, G))
 out("map", mem_map(va, 2 * G, 0, h1, 0))

@@ -155,8 +155,8 @@ impl State {
         }
     }
 
-    /// Maps `size` bytes of handle `id` from `offset` at `ptr`, inside one reservation and over
-    /// nothing mapped.
+    /// Maps the first `size` bytes of handle `id` at `ptr` (`offset` must be 0), inside one
+    /// reservation and over nothing mapped.
     pub fn map(
         &mut self,
         ptr: usize,
@@ -168,18 +168,16 @@ impl State {
         self.ready()?;
         self.granule_multiple(size)?;
         self.aligned(ptr)?;
-        self.aligned(offset)?;
         if flags != 0 {
             return Err(INVALID);
         }
         let end = ptr.checked_add(size).ok_or(INVALID)?;
-        let h = self
-            .handles
-            .get(&id)
-            .filter(|h| !h.released)
-            .ok_or(INVALID)?;
-        if offset.checked_add(size).is_none_or(|e| e > h.size) {
-            return Err(INVALID);
+        // A released handle stays mappable while a mapping keeps its memory alive (driver
+        // 580 maps it); once the memory is gone the handle is unknown.
+        let h = self.handles.get(&id).ok_or(INVALID)?;
+        // Driver 580: a non-zero offset, or more bytes than the handle has, is NOT_SUPPORTED.
+        if offset != 0 || size > h.size {
+            return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED);
         }
         let (&rstart, &rsize) = self.reservations.range(..=ptr).next_back().ok_or(INVALID)?;
         if end > rstart + rsize {
@@ -271,7 +269,7 @@ impl State {
         Ok(())
     }
 
-    /// Sets access to a granule-aligned, fully mapped range for `locations` with `flags`
+    /// Sets access to whole mappings (one or several adjacent) for `locations` with `flags`
     /// (0: none, 1: read, 3: read/write).
     pub fn set_access(
         &mut self,
@@ -295,16 +293,8 @@ impl State {
             flags = Some(*f);
         }
         let flags = flags.expect("not empty");
-        let end = ptr.checked_add(size).ok_or(INVALID)?;
-        // The range must be mapped throughout, though it may cut mappings.
-        let mut cursor = ptr;
-        while cursor < end {
-            let (&s, m) = self.mappings.range(..=cursor).next_back().ok_or(INVALID)?;
-            if cursor >= s + m.size {
-                return Err(INVALID);
-            }
-            cursor = s + m.size;
-        }
+        // Whole mappings only (one or several adjacent), as driver 580 answers.
+        let starts = self.tiling(ptr, size)?;
         let prot = match flags {
             0 => libc::PROT_NONE,
             1 => libc::PROT_READ,
@@ -314,19 +304,12 @@ impl State {
         if unsafe { libc::mprotect(ptr as *mut libc::c_void, size, prot) } != 0 {
             return Err(CUresult::CUDA_ERROR_UNKNOWN);
         }
-        let g = self.config.granularity;
-        let starts: Vec<usize> = self
-            .mappings
-            .range(..end)
-            .rev()
-            .take_while(|(s, m)| *s + m.size > ptr)
-            .map(|(s, _)| *s)
-            .collect();
         for s in starts {
-            let m = self.mappings.get_mut(&s).expect("just listed");
-            let from = ptr.max(s);
-            let to = end.min(s + m.size);
-            m.access[(from - s) / g..(to - s) / g].fill(flags as u8);
+            self.mappings
+                .get_mut(&s)
+                .expect("tiling found it")
+                .access
+                .fill(flags as u8);
         }
         Ok(())
     }
