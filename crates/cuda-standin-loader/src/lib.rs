@@ -197,6 +197,7 @@ type FailRate = unsafe extern "C" fn(*const c_char, c_double, c_int, u64) -> c_i
 type Reset = unsafe extern "C" fn();
 type Calls = unsafe extern "C" fn(*const c_char) -> u64;
 type SetLag = unsafe extern "C" fn(c_double) -> c_int;
+type SetLagQueries = unsafe extern "C" fn(u64);
 type LeakReport = unsafe extern "C" fn(*mut c_char, usize) -> usize;
 type LeakCount = unsafe extern "C" fn() -> u64;
 
@@ -208,6 +209,7 @@ pub struct Controls {
     reset: Reset,
     calls: Calls,
     set_lag: SetLag,
+    set_lag_queries: SetLagQueries,
     leak_report: LeakReport,
     leak_count: LeakCount,
 }
@@ -245,6 +247,9 @@ pub fn controls() -> Result<&'static Controls, Error> {
                     )?),
                     set_lag: std::mem::transmute::<*mut c_void, SetLag>(sym(
                         c"coalesce_standin_set_stream_lag_ms",
+                    )?),
+                    set_lag_queries: std::mem::transmute::<*mut c_void, SetLagQueries>(sym(
+                        c"coalesce_standin_set_stream_lag_queries",
                     )?),
                     leak_report: std::mem::transmute::<*mut c_void, LeakReport>(sym(
                         c"coalesce_standin_leak_report",
@@ -301,6 +306,12 @@ impl Controls {
     pub fn set_stream_lag_ms(&self, ms: f64) -> bool {
         // SAFETY: no preconditions.
         unsafe { (self.set_lag)(ms) == 0 }
+    }
+
+    /// Makes the next `n` queries of each event recorded from now on answer `NOT_READY`.
+    pub fn set_stream_lag_queries(&self, n: u64) {
+        // SAFETY: no preconditions.
+        unsafe { (self.set_lag_queries)(n) }
     }
 
     /// The leak report, one JSON object.

@@ -39,10 +39,13 @@ impl State {
         Ok(p as usize)
     }
 
-    /// Frees an allocation by its start address.
+    /// Frees an allocation by its start address; 0 is a no-op (as driver 580).
     pub fn free(&mut self, ptr: usize) -> Result<(), CUresult> {
         self.ready()?;
         self.current_device()?;
+        if ptr == 0 {
+            return Ok(());
+        }
         let a = self.allocations.remove(&ptr).ok_or(INVALID)?;
         // SAFETY: exactly the mapping `alloc` made, now forgotten.
         unsafe { libc::munmap(ptr as *mut libc::c_void, a.len) };

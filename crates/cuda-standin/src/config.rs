@@ -15,6 +15,8 @@ pub(crate) struct Config {
     pub devices: i32,
     /// How long after it is enqueued stream work completes.
     pub lag: Duration,
+    /// How many `cuEventQuery` calls answer `CUDA_ERROR_NOT_READY` after each record.
+    pub lag_queries: u64,
     /// `(function, call number, code)`: the given call (1-based) fails with the code.
     pub fail_nth: Vec<(&'static str, u64, CUresult)>,
     /// `(function, probability, code)`.
@@ -43,6 +45,7 @@ impl Default for Config {
             granularity: DEFAULT_GRANULARITY,
             devices: 1,
             lag: Duration::ZERO,
+            lag_queries: 0,
             fail_nth: Vec::new(),
             fail_rate: Vec::new(),
             seed: 0,
@@ -96,6 +99,12 @@ impl Config {
                     )
                 })?;
             c.lag = Duration::from_secs_f64(ms / 1000.0);
+        }
+        if let Some(v) = var("COALESCE_STANDIN_STREAM_LAG_QUERIES") {
+            c.lag_queries = v
+                .trim()
+                .parse()
+                .map_err(|_| bad("COALESCE_STANDIN_STREAM_LAG_QUERIES", &v, "not a count"))?;
         }
         if let Some(v) = var("COALESCE_STANDIN_FAIL") {
             for item in v.split(',').filter(|s| !s.trim().is_empty()) {

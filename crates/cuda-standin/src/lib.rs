@@ -37,6 +37,7 @@
 //! | `COALESCE_STANDIN_GRANULARITY` | VMM granularity, a power of two, a page multiple | 2 MiB |
 //! | `COALESCE_STANDIN_DEVICES` | device count (0: `cuInit` fails with `NO_DEVICE`) | 1 |
 //! | `COALESCE_STANDIN_STREAM_LAG_MS` | stream work completes this long after it is enqueued | 0 |
+//! | `COALESCE_STANDIN_STREAM_LAG_QUERIES` | after each record, this many `cuEventQuery` calls of the event answer `NOT_READY` (a deterministic lag; a synchronize ends it) | 0 |
 //! | `COALESCE_STANDIN_FAIL` | `fn:k:CODE[,fn:k:CODE...]`: the k-th call of `fn` fails with `CODE` | none |
 //! | `COALESCE_STANDIN_FAIL_RATE` | `fn:p:CODE[,...]`: each call of `fn` fails with probability `p` | none |
 //! | `COALESCE_STANDIN_SEED` | seed of the fault-rate generator | 0 |
@@ -47,29 +48,40 @@
 //!
 //! # The contract enforced
 //!
-//! All codes are the real `CUresult` values.
+//! All codes are the real `CUresult` values, calibrated against an H100 with driver
+//! 580.159.04: `scripts/probe.py` makes the same edge-case calls through ctypes against either
+//! library, `scripts/probe-h100-580.txt` holds the real driver's answers, and a test checks the
+//! stand-in gives the same ones except where it is deliberately stricter (marked below).
 //! - Every call but `cuGetErrorString`/`cuGetErrorName`/`cuDriverGetVersion` fails with
 //!   `CUDA_ERROR_NOT_INITIALIZED` before `cuInit`. Calls that need a context (`cuMemAlloc`,
 //!   `cuMemFree`, `cuMemGetInfo`, `cuCtxSynchronize`, `cuCtxGetDevice`, stream and event
 //!   creation, synchronous copies and fills, anything on the default stream) fail with
-//!   `CUDA_ERROR_INVALID_CONTEXT` without a current context whose primary context is retained.
-//! - Bad pointers and handles: null out-parameters, unknown or released handles, pointers that
-//!   are not an allocation's start, double frees: `CUDA_ERROR_INVALID_VALUE`. Unknown streams
-//!   and events: `CUDA_ERROR_INVALID_HANDLE` (as the driver). Bad ordinals:
-//!   `CUDA_ERROR_INVALID_DEVICE`.
+//!   `CUDA_ERROR_INVALID_CONTEXT` without a current context whose primary context is retained
+//!   (as the driver does for `cuEventRecord` and `cuStreamWaitEvent` on the null stream; the
+//!   VMM calls and calls on a created stream or an event need none).
+//! - Bad pointers and handles: null out-parameters, unknown handles, pointers that are not an
+//!   allocation's start, double frees and releases: `CUDA_ERROR_INVALID_VALUE`
+//!   (`cuMemFree(0)` succeeds, as on the driver; an unknown handle to `cuMemMap` is refused,
+//!   where driver 580 crashes). Unknown streams and events: `CUDA_ERROR_INVALID_HANDLE`. Bad
+//!   ordinals: `CUDA_ERROR_INVALID_DEVICE` (`cuMemGetAllocationGranularity` answers for any
+//!   ordinal, as the driver does).
 //! - `cuMemCreate`, `cuMemAddressReserve`, `cuMemMap`, `cuMemUnmap` and `cuMemSetAccess`
-//!   sizes must be non-zero multiples of the granularity, and addresses, offsets and
-//!   alignments aligned to it (an alignment must be 0 or a power of two).
-//! - `cuMemMap` maps only into one reservation, over nothing mapped. `cuMemUnmap` takes whole
-//!   mappings only (one or several adjacent; a range that cuts one or has a hole is refused).
-//!   `cuMemSetAccess` takes only a fully mapped range. `cuMemAddressFree` takes only a whole
-//!   reservation with nothing mapped in it.
+//!   sizes must be non-zero multiples of the granularity, and addresses and alignments
+//!   aligned to it (an alignment must be 0 or a power of two): `CUDA_ERROR_INVALID_VALUE`.
+//!   `cuMemMap` with a non-zero offset or more bytes than the handle has:
+//!   `CUDA_ERROR_NOT_SUPPORTED` (as the driver).
+//! - `cuMemMap` maps only over nothing mapped and only inside one reservation (stricter: driver
+//!   580 maps past the end of a reservation). `cuMemUnmap` and `cuMemSetAccess` take whole
+//!   mappings only, one or several adjacent; a range that cuts one is refused as on the
+//!   driver, and so is one with nothing mapped (stricter: driver 580 accepts an unmap where
+//!   nothing is mapped). `cuMemAddressFree` takes only a whole reservation with nothing mapped
+//!   in it.
 //! - Mapped memory is `PROT_NONE` until `cuMemSetAccess`: touching it faults (`SIGSEGV`),
 //!   and copies and fills to it fail with `CUDA_ERROR_INVALID_VALUE`.
 //! - `cuMemRelease` of a mapped handle is allowed, as the CUDA documentation says: "the
 //!   memory allocation will be freed when all outstanding mappings to the memory are
-//!   unmapped". The memory (and its capacity) goes at the last unmap. The handle cannot be
-//!   mapped again. `COALESCE_STANDIN_STRICT_RELEASE=1` refuses such a release instead, for
+//!   unmapped". The memory (and its capacity) goes at the last unmap; until then the handle
+//!   can still be mapped (as on the driver). `COALESCE_STANDIN_STRICT_RELEASE=1` refuses such a release instead, for
 //!   code that means never to do it.
 //! - `cuMemCreate` and `cuMemAlloc` beyond the device's capacity: `CUDA_ERROR_OUT_OF_MEMORY`.
 //!   `cuMemAlloc` charges its size rounded up to the page size. `cuMemGetInfo` and
@@ -87,9 +99,10 @@
 //!   `fn` from now (1: the next) fails with `code`.
 //! - `int coalesce_standin_fail_rate(const char *fn, double p, int code, uint64_t seed)`.
 //! - `void coalesce_standin_reset(void)`: forgets counts and faults, clears the sticky fault,
-//!   restores the environment's lag; live objects stay.
+//!   restores the environment's lags; live objects stay.
 //! - `uint64_t coalesce_standin_calls(const char *fn)`: calls so far (`UINT64_MAX`: unknown).
-//! - `int coalesce_standin_set_stream_lag_ms(double ms)`.
+//! - `int coalesce_standin_set_stream_lag_ms(double ms)`,
+//!   `void coalesce_standin_set_stream_lag_queries(uint64_t n)`.
 //! - `size_t coalesce_standin_leak_report(char *buf, size_t len)`: the report as JSON
 //!   (`handles_not_released`, `mappings_left`, `reservations_not_freed`,
 //!   `allocations_not_freed`, `async_faults`, `bytes_in_use`, `primary_context_refs`,
@@ -106,6 +119,7 @@ mod config;
 mod context;
 mod faults;
 mod leaks;
+mod physical;
 mod state;
 mod streams;
 mod vmm;

@@ -13,7 +13,6 @@ use crate::faults::Faults;
 use crate::streams::Streams;
 use cudarc::driver::sys::CUresult;
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
 use std::sync::{LazyLock, Mutex};
 
 /// Per-device accounting.
@@ -25,10 +24,10 @@ pub(crate) struct Device {
     pub primary_refs: u64,
 }
 
-/// Physical memory made by `cuMemCreate`: a memfd of `size` bytes.
+/// Physical memory made by `cuMemCreate`: `size` bytes of the arena from `offset`.
 #[derive(Debug)]
 pub(crate) struct Handle {
-    pub fd: OwnedFd,
+    pub offset: u64,
     pub size: usize,
     pub device: i32,
     pub released: bool,
@@ -67,6 +66,7 @@ pub(crate) struct State {
     pub reservations: BTreeMap<usize, usize>,
     pub mappings: BTreeMap<usize, Mapping>,
     pub allocations: BTreeMap<usize, Allocation>,
+    pub arena: crate::physical::Arena,
     pub streams: Streams,
     pub faults: Faults,
 }
@@ -105,7 +105,7 @@ impl State {
         State {
             devices: (0..config.devices).map(|_| Device::default()).collect(),
             faults: Faults::new(&config),
-            streams: Streams::new(config.lag),
+            streams: Streams::new(config.lag, config.lag_queries),
             config,
             config_error,
             initialized: false,
@@ -114,6 +114,7 @@ impl State {
             reservations: BTreeMap::new(),
             mappings: BTreeMap::new(),
             allocations: BTreeMap::new(),
+            arena: Default::default(),
         }
     }
 

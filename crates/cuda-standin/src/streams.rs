@@ -1,6 +1,10 @@
 //! Streams and events with a lag: work enqueued on a stream completes `lag` after it was
 //! enqueued, and never before the stream's earlier work (or an event it was told to wait for).
 //!
+//! With a lag in queries as well, each record of an event makes its next `n` queries answer
+//! `CUDA_ERROR_NOT_READY` whatever the time, until a synchronize on the event, its stream or
+//! the context.
+//!
 //! Work is a fill (`cuMemsetD8Async`) or an event record. A fill runs when it completes: the
 //! first driver call after its completion time writes the bytes (every call first runs
 //! [`State::progress`]), so memory freed or unmapped before the stream got there is caught:
@@ -33,6 +37,11 @@ struct Stream {
 struct Event {
     /// When the work it captured completes (`None`: never recorded, hence complete).
     done_at: Option<Instant>,
+    /// `cuEventQuery` calls still to answer `NOT_READY` (see `Streams::lag_queries`).
+    queries_left: u64,
+    /// Where it was last recorded: a created stream, or `None` (the default stream).
+    stream: Option<usize>,
+    device: i32,
 }
 
 /// A fill to run at `at`.
@@ -49,6 +58,8 @@ struct Fill {
 #[derive(Debug)]
 pub(crate) struct Streams {
     pub lag: Duration,
+    /// Each record makes this many queries of the event answer `NOT_READY` as well.
+    pub lag_queries: u64,
     streams: HashMap<usize, Stream>,
     defaults: HashMap<i32, Instant>,
     events: HashMap<usize, Event>,
@@ -60,9 +71,10 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    pub fn new(lag: Duration) -> Streams {
+    pub fn new(lag: Duration, lag_queries: u64) -> Streams {
         Streams {
             lag,
+            lag_queries,
             streams: HashMap::new(),
             defaults: HashMap::new(),
             events: HashMap::new(),
@@ -169,12 +181,20 @@ impl State {
 
     pub fn event_create(&mut self, flags: u32) -> Result<CUevent, CUresult> {
         self.ready()?;
-        self.current_device()?;
+        let device = self.current_device()?;
         if flags & !7 != 0 {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
         let t = self.streams.token(EVENT_BASE);
-        self.streams.events.insert(t, Event { done_at: None });
+        self.streams.events.insert(
+            t,
+            Event {
+                done_at: None,
+                queries_left: 0,
+                stream: None,
+                device,
+            },
+        );
         Ok(std::ptr::without_provenance_mut(t))
     }
 
@@ -195,30 +215,59 @@ impl State {
         let (s, device) = self.resolve(stream)?;
         let at = self.completion(s, device);
         self.set_tail(s, device, at);
-        self.streams
+        let queries_left = self.streams.lag_queries;
+        let e = self
+            .streams
             .events
             .get_mut(&(event as usize))
-            .expect("checked")
-            .done_at = Some(at);
+            .expect("checked");
+        *e = Event {
+            done_at: Some(at),
+            queries_left,
+            stream: s,
+            device,
+        };
         Ok(())
     }
 
-    /// `Ok(())` once the event's work completed, else `CUDA_ERROR_NOT_READY`.
-    pub fn event_query(&self, event: CUevent) -> Result<(), CUresult> {
-        match self.event_deadline(event)? {
+    /// `Ok(())` once the event's work completed and its lag in queries is used up, else
+    /// `CUDA_ERROR_NOT_READY`.
+    pub fn event_query(&mut self, event: CUevent) -> Result<(), CUresult> {
+        self.ready()?;
+        let e = self
+            .streams
+            .events
+            .get_mut(&(event as usize))
+            .ok_or(HANDLE)?;
+        let counted = e.queries_left > 0;
+        e.queries_left = e.queries_left.saturating_sub(1);
+        match e.done_at {
             Some(t) if t > Instant::now() => Err(CUresult::CUDA_ERROR_NOT_READY),
+            _ if counted => Err(CUresult::CUDA_ERROR_NOT_READY),
             _ => Ok(()),
         }
     }
 
-    pub fn event_deadline(&self, event: CUevent) -> Result<Option<Instant>, CUresult> {
+    /// When the event's work completes; ends its lag in queries (a synchronize waits).
+    pub fn event_deadline(&mut self, event: CUevent) -> Result<Option<Instant>, CUresult> {
         self.ready()?;
-        Ok(self
+        let e = self
             .streams
             .events
-            .get(&(event as usize))
-            .ok_or(HANDLE)?
-            .done_at)
+            .get_mut(&(event as usize))
+            .ok_or(HANDLE)?;
+        e.queries_left = 0;
+        Ok(e.done_at)
+    }
+
+    /// Ends the lag in queries of the events last recorded on `stream` (`None`: on any
+    /// stream) of `device`, whose work a synchronize has waited for.
+    fn settle_events(&mut self, stream: Option<Option<usize>>, device: i32) {
+        for e in self.streams.events.values_mut() {
+            if e.device == device && stream.is_none_or(|s| s == e.stream) {
+                e.queries_left = 0;
+            }
+        }
     }
 
     /// Later work on `stream` completes no earlier than the event's.
@@ -250,9 +299,10 @@ impl State {
     }
 
     /// When `stream`'s enqueued work completes.
-    pub fn stream_deadline(&self, stream: CUstream) -> Result<Option<Instant>, CUresult> {
+    pub fn stream_deadline(&mut self, stream: CUstream) -> Result<Option<Instant>, CUresult> {
         self.ready()?;
         let (s, device) = self.resolve(stream)?;
+        self.settle_events(Some(s), device);
         Ok(match s {
             None => self.streams.defaults.get(&device).copied(),
             Some(s) => self.streams.streams[&s].tail,
@@ -260,9 +310,10 @@ impl State {
     }
 
     /// When all work on the current context's device completes.
-    pub fn device_deadline(&self) -> Result<Option<Instant>, CUresult> {
+    pub fn device_deadline(&mut self) -> Result<Option<Instant>, CUresult> {
         self.ready()?;
         let device = self.current_device()?;
+        self.settle_events(None, device);
         let st = &self.streams;
         let streams = st
             .streams

@@ -1,5 +1,6 @@
 //! Virtual memory management over host memory: a reservation is a `PROT_NONE` anonymous
-//! mapping, a physical handle a memfd, `cuMemMap` maps the memfd `MAP_SHARED | MAP_FIXED`
+//! mapping, a physical handle a range of a memfd (see [`crate::physical`]), `cuMemMap` maps
+//! that range `MAP_SHARED | MAP_FIXED`
 //! (still `PROT_NONE`), `cuMemSetAccess` `mprotect`s, and `cuMemUnmap` puts a `PROT_NONE`
 //! anonymous mapping back.
 //!
@@ -8,7 +9,6 @@
 
 use crate::state::{Handle, Mapping, State};
 use cudarc::driver::sys::CUresult;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const INVALID: CUresult = CUresult::CUDA_ERROR_INVALID_VALUE;
 
@@ -108,27 +108,17 @@ impl State {
         if size > self.config.capacity - self.devices[device as usize].used {
             return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
         }
-        // SAFETY: a valid NUL-terminated name and flags.
-        let raw = unsafe { libc::memfd_create(c"coalesce-standin".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let Ok(len) = libc::off_t::try_from(size) else {
-            return Err(INVALID);
-        };
-        // SAFETY: `fd` is a memfd this function owns.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-            return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
-        }
+        let offset = self
+            .arena
+            .take(size)
+            .ok_or(CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
         self.charge(device, size)?;
         let id = self.next_handle;
         self.next_handle += 1;
         self.handles.insert(
             id,
             Handle {
-                fd,
+                offset,
                 size,
                 device,
                 released: false,
@@ -158,14 +148,15 @@ impl State {
 
     fn drop_if_unused(&mut self, id: u64) {
         if let Some(h) = self.handles.get(&id).filter(|h| h.released && h.maps == 0) {
-            let (device, size) = (h.device, h.size);
+            let (device, size, offset) = (h.device, h.size, h.offset);
             self.handles.remove(&id);
+            self.arena.give_back(offset, size);
             self.uncharge(device, size);
         }
     }
 
-    /// Maps `size` bytes of handle `id` from `offset` at `ptr`, inside one reservation and over
-    /// nothing mapped.
+    /// Maps the first `size` bytes of handle `id` at `ptr` (`offset` must be 0), inside one
+    /// reservation and over nothing mapped.
     pub fn map(
         &mut self,
         ptr: usize,
@@ -177,18 +168,16 @@ impl State {
         self.ready()?;
         self.granule_multiple(size)?;
         self.aligned(ptr)?;
-        self.aligned(offset)?;
         if flags != 0 {
             return Err(INVALID);
         }
         let end = ptr.checked_add(size).ok_or(INVALID)?;
-        let h = self
-            .handles
-            .get(&id)
-            .filter(|h| !h.released)
-            .ok_or(INVALID)?;
-        if offset.checked_add(size).is_none_or(|e| e > h.size) {
-            return Err(INVALID);
+        // A released handle stays mappable while a mapping keeps its memory alive (driver
+        // 580 maps it); once the memory is gone the handle is unknown.
+        let h = self.handles.get(&id).ok_or(INVALID)?;
+        // Driver 580: a non-zero offset, or more bytes than the handle has, is NOT_SUPPORTED.
+        if offset != 0 || size > h.size {
+            return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED);
         }
         let (&rstart, &rsize) = self.reservations.range(..=ptr).next_back().ok_or(INVALID)?;
         if end > rstart + rsize {
@@ -197,18 +186,23 @@ impl State {
         if self.overlaps_mapping(ptr, end) {
             return Err(INVALID);
         }
-        let Ok(off) = libc::off_t::try_from(offset) else {
+        let fd = self
+            .arena
+            .fd()
+            .expect("a handle exists, so the arena has its file");
+        let Ok(off) = libc::off_t::try_from(h.offset + offset as u64) else {
             return Err(INVALID);
         };
         // SAFETY: [ptr, end) lies in a reservation of ours with nothing mapped there, so
-        // replacing it hurts no one; `fd` is a live memfd at least offset + size long.
+        // replacing it hurts no one; the handle's range of the arena file spans
+        // [off, off + size) (checked against its size above).
         let r = unsafe {
             libc::mmap(
                 ptr as *mut libc::c_void,
                 size,
                 libc::PROT_NONE,
                 libc::MAP_SHARED | libc::MAP_FIXED,
-                h.fd.as_raw_fd(),
+                fd,
                 off,
             )
         };
@@ -261,8 +255,11 @@ impl State {
         self.granule_multiple(size)?;
         let starts = self.tiling(ptr, size)?;
         for start in starts {
+            let len = self.mappings[&start].size;
+            // Only the kernel running out of map entries can refuse this; then the mappings
+            // before this one are unmapped and this one and those after stay.
+            map_none(Some(start), len).ok_or(CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
             let m = self.mappings.remove(&start).expect("tiling found it");
-            map_none(Some(start), m.size).expect("replacing our own mapping in place");
             self.handles
                 .get_mut(&m.handle)
                 .expect("a mapped handle is known")
@@ -272,7 +269,7 @@ impl State {
         Ok(())
     }
 
-    /// Sets access to a granule-aligned, fully mapped range for `locations` with `flags`
+    /// Sets access to whole mappings (one or several adjacent) for `locations` with `flags`
     /// (0: none, 1: read, 3: read/write).
     pub fn set_access(
         &mut self,
@@ -296,16 +293,8 @@ impl State {
             flags = Some(*f);
         }
         let flags = flags.expect("not empty");
-        let end = ptr.checked_add(size).ok_or(INVALID)?;
-        // The range must be mapped throughout, though it may cut mappings.
-        let mut cursor = ptr;
-        while cursor < end {
-            let (&s, m) = self.mappings.range(..=cursor).next_back().ok_or(INVALID)?;
-            if cursor >= s + m.size {
-                return Err(INVALID);
-            }
-            cursor = s + m.size;
-        }
+        // Whole mappings only (one or several adjacent), as driver 580 answers.
+        let starts = self.tiling(ptr, size)?;
         let prot = match flags {
             0 => libc::PROT_NONE,
             1 => libc::PROT_READ,
@@ -315,19 +304,12 @@ impl State {
         if unsafe { libc::mprotect(ptr as *mut libc::c_void, size, prot) } != 0 {
             return Err(CUresult::CUDA_ERROR_UNKNOWN);
         }
-        let g = self.config.granularity;
-        let starts: Vec<usize> = self
-            .mappings
-            .range(..end)
-            .rev()
-            .take_while(|(s, m)| *s + m.size > ptr)
-            .map(|(s, _)| *s)
-            .collect();
         for s in starts {
-            let m = self.mappings.get_mut(&s).expect("just listed");
-            let from = ptr.max(s);
-            let to = end.min(s + m.size);
-            m.access[(from - s) / g..(to - s) / g].fill(flags as u8);
+            self.mappings
+                .get_mut(&s)
+                .expect("tiling found it")
+                .access
+                .fill(flags as u8);
         }
         Ok(())
     }

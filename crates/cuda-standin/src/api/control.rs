@@ -77,7 +77,8 @@ pub unsafe extern "C" fn coalesce_standin_fail_rate(
 }
 
 /// Forgets all call counts and armed faults (the environment's too), clears the sticky
-/// asynchronous fault, and sets the stream lag back to `COALESCE_STANDIN_STREAM_LAG_MS`.
+/// asynchronous fault, and sets the stream lags back to `COALESCE_STANDIN_STREAM_LAG_MS` and
+/// `COALESCE_STANDIN_STREAM_LAG_QUERIES`.
 /// Live handles, mappings, reservations, allocations, streams and events stay.
 #[unsafe(no_mangle)]
 pub extern "C" fn coalesce_standin_reset() {
@@ -86,6 +87,7 @@ pub extern "C" fn coalesce_standin_reset() {
             s.faults.reset();
             s.streams.async_faults.clear();
             s.streams.lag = s.config.lag;
+            s.streams.lag_queries = s.config.lag_queries;
         })
     })
 }
@@ -117,6 +119,14 @@ pub extern "C" fn coalesce_standin_set_stream_lag_ms(ms: c_double) -> c_int {
         state::with(|s| s.streams.lag = Duration::from_secs_f64(ms / 1000.0));
         0
     })
+}
+
+/// Makes the next `n` `cuEventQuery` calls on each event recorded from now on answer
+/// `CUDA_ERROR_NOT_READY` (a deterministic lag; synchronizing on the event, its stream or the
+/// context ends it).
+#[unsafe(no_mangle)]
+pub extern "C" fn coalesce_standin_set_stream_lag_queries(n: u64) {
+    shield((), || state::with(|s| s.streams.lag_queries = n))
 }
 
 /// Writes the leak report (one JSON object; see the crate docs) into `buf`, truncated to

@@ -95,7 +95,10 @@ pub unsafe extern "C" fn cuMemGetAllocationGranularity(
             if alloc_type != 1 || option > 1 {
                 return Err(INVALID);
             }
-            s.location_device(&loc)?;
+            // Driver 580 answers for any ordinal here; only the location type is checked.
+            if loc.type_ != 1 {
+                return Err(INVALID);
+            }
             Ok(s.config.granularity)
         })?;
         // SAFETY: non-null, valid for writes (caller).
