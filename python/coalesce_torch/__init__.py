@@ -165,14 +165,11 @@ class OutOfMemoryError(CoalesceError):
 
 def oom_error(message, requested=None, device=0):
     """An out-of-memory exception ``except torch.cuda.OutOfMemoryError`` catches, its text the
-    library's message plus the fragmentation report when ``requested`` is known."""
-    from ._oom import error_class, fragmentation
+    library's message, which carries the fragmentation report (requested, reserved, live,
+    largest free block, the share of reserved memory free but unusable, and the cause): the
+    report is computed once, by the pool."""
+    from ._oom import error_class
 
-    if requested is not None and "unusable" not in message:
-        try:
-            message = f"{message}; {fragmentation(requested, memory_stats(device))}"
-        except CoalesceError:
-            pass
     return error_class(OutOfMemoryError)(message)
 
 

@@ -15,8 +15,9 @@ estimate; a key coalesce cannot answer is left out rather than filled with a mad
   held for stream ordering separately).
 - ``allocation``/``active``: live allocations (``current``), allocations and frees so far
   (``allocated``/``freed``); ``segment.current``: segments held.
-- The ``.allocated``/``.freed`` byte totals are given only when the library reports them
-  (``total_allocated_bytes``/``total_freed_bytes``).
+- The ``.allocated``/``.freed`` byte totals come from ``total_allocated_bytes``/
+  ``total_freed_bytes`` (block sizes) and ``total_requested_bytes``/
+  ``total_requested_freed_bytes`` (requested sizes).
 - coalesce has one pool per device, not PyTorch's small and large pools: everything is under
   ``all`` and ``large_pool``; ``small_pool`` is zero.
 """
@@ -48,6 +49,9 @@ def torch_memory_stats(s):
         for stat in ("allocated_bytes", "active_bytes"):
             put(stat, "allocated", s["total_allocated_bytes"])
             put(stat, "freed", s["total_freed_bytes"])
+    if "total_requested_bytes" in s and "total_requested_freed_bytes" in s:
+        put("requested_bytes", "allocated", s["total_requested_bytes"])
+        put("requested_bytes", "freed", s["total_requested_freed_bytes"])
     live = s["num_allocs"] - s["num_frees"]
     for stat in ("allocation", "active"):
         put(stat, "current", live)

@@ -197,7 +197,13 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
             reserved: dev.meter().reserved_bytes,
             allocated: self.counters.allocated,
             requested_live: self.counters.requested,
-            largest_free_block: self.policy.usage().largest_free_block,
+            // A policy's largest free block may count address space nothing backs yet; a
+            // report means memory the pool holds, so it is at most what is free in the pool.
+            largest_free_block: self.policy.usage().largest_free_block.min(
+                dev.meter()
+                    .reserved_bytes
+                    .saturating_sub(self.counters.allocated),
+            ),
             free_on_device: dev.free_memory().ok(),
             memory_limit: self.limit,
             limit_reached,
@@ -328,6 +334,10 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
             num_alloc_retries: c.retries,
             num_invalid_frees: c.invalid_frees,
             num_invalid_requests: c.invalid_requests,
+            total_allocated_bytes: c.total_allocated,
+            total_freed_bytes: c.total_freed,
+            total_requested_bytes: c.total_requested,
+            total_requested_freed_bytes: c.total_requested_freed,
             driver_calls: meter.calls,
             driver_bytes: meter.bytes,
             memory_limit: self.limit,

@@ -71,38 +71,63 @@ fn bytes(n: u64) -> String {
 }
 
 impl OomReport {
-    /// Reserved bytes not in live blocks: cached, free for some request but too fragmented or
-    /// too small for this one.
+    /// Reserved bytes not in live blocks.
     pub fn free_in_pool(&self) -> u64 {
         self.reserved.saturating_sub(self.allocated)
     }
 
-    /// The share of reserved memory that is free but could not serve this request.
+    /// Free bytes in the pool that could not serve this request: all of them when no free
+    /// block is large enough, else none.
+    pub fn unusable(&self) -> u64 {
+        if self.largest_free_block < self.requested {
+            self.free_in_pool()
+        } else {
+            0
+        }
+    }
+
+    /// The share of reserved memory that is free but unusable for this request.
     pub fn unusable_share(&self) -> f64 {
         if self.reserved == 0 {
             0.0
         } else {
-            self.free_in_pool() as f64 / self.reserved as f64
+            self.unusable() as f64 / self.reserved as f64
         }
+    }
+
+    /// Whether fragmentation caused the failure: enough is free in total, but in pieces.
+    pub fn fragmented(&self) -> bool {
+        self.unusable() > 0 && self.free_in_pool() >= self.requested
     }
 }
 
+fn mib(n: u64) -> String {
+    format!("{:.2} MiB", n as f64 / (1u64 << 20) as f64)
+}
+
 impl fmt::Display for OomReport {
-    /// PyTorch's message, plus the fragmentation figures users ask it for (pytorch#29554).
+    /// PyTorch's message, plus the fragmentation report users ask it for (pytorch#29554):
+    /// requested, reserved, live, the largest free block, and the share of reserved memory
+    /// that is free but unusable for this request, with its cause.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cause = if self.fragmented() {
+            "fragmentation: enough is free in total, but no free block is large enough"
+        } else {
+            "not fragmentation: the free memory is less than the request"
+        };
         write!(
             f,
-            "out of memory on device {}: cannot allocate {}; the pool reserves {}, of which {} \
-             are live ({} requested); {} ({:.1}% of reserved) is free in the pool but unusable \
-             for this request: its largest free block is {}",
+            "out of memory on device {}: cannot allocate {}; requested {}, reserved {}, live {}, \
+             largest free block {}; {:.1}% of reserved memory ({}) is free but unusable for \
+             this request ({cause})",
             self.device,
             bytes(self.requested),
-            bytes(self.reserved),
-            bytes(self.allocated),
-            bytes(self.requested_live),
-            bytes(self.free_in_pool()),
+            mib(self.requested),
+            mib(self.reserved),
+            mib(self.allocated),
+            mib(self.largest_free_block),
             100.0 * self.unusable_share(),
-            bytes(self.largest_free_block),
+            mib(self.unusable()),
         )?;
         match self.free_on_device {
             Some(free) => write!(f, "; {} free on the device", bytes(free))?,

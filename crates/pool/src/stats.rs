@@ -19,12 +19,20 @@ pub(crate) struct Counters {
     pub invalid_frees: u64,
     /// Allocations of 0 bytes or of more than the device holds.
     pub invalid_requests: u64,
+    /// Bytes of blocks ever handed out and ever freed (PyTorch's
+    /// `allocated_bytes.all.allocated` and `.freed`), and the same for requested bytes.
+    pub total_allocated: u64,
+    pub total_freed: u64,
+    pub total_requested: u64,
+    pub total_requested_freed: u64,
 }
 
 impl Counters {
     pub fn on_alloc(&mut self, requested: u64, size: u64) {
         self.allocs += 1;
         self.requested += requested;
+        self.total_requested += requested;
+        self.total_allocated += size;
         self.allocated += size;
         self.peak_requested = self.peak_requested.max(self.requested);
         self.peak_allocated = self.peak_allocated.max(self.allocated);
@@ -33,6 +41,8 @@ impl Counters {
     pub fn on_free(&mut self, requested: u64, size: u64) {
         self.frees += 1;
         self.requested -= requested;
+        self.total_requested_freed += requested;
+        self.total_freed += size;
         self.allocated -= size;
     }
 
@@ -77,6 +87,15 @@ pub struct PoolStats {
     pub num_invalid_frees: u64,
     /// Allocations refused: 0 bytes, or more than the device holds.
     pub num_invalid_requests: u64,
+    /// Bytes of blocks handed out over the pool's life (PyTorch's
+    /// `allocated_bytes.all.allocated`).
+    pub total_allocated_bytes: u64,
+    /// Bytes of blocks freed over the pool's life (`allocated_bytes.all.freed`).
+    pub total_freed_bytes: u64,
+    /// Requested bytes over the pool's life (`requested_bytes.all.allocated`).
+    pub total_requested_bytes: u64,
+    /// Requested bytes freed over the pool's life (`requested_bytes.all.freed`).
+    pub total_requested_freed_bytes: u64,
     pub driver_calls: DriverCalls,
     /// Bytes passed to each kind of driver call.
     pub driver_bytes: DriverCalls,

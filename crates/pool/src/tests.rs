@@ -54,6 +54,16 @@ fn stats_count_requested_allocated_and_reserved_bytes() {
     assert_eq!(s.allocated_bytes, a.size);
     assert_eq!((s.num_allocs, s.num_frees, s.num_ooms), (2, 1, 0));
     assert_eq!(
+        (s.total_allocated_bytes, s.total_freed_bytes),
+        (a.size + b.size, b.size),
+        "lifetime totals of block bytes"
+    );
+    assert_eq!(
+        (s.total_requested_bytes, s.total_requested_freed_bytes),
+        (1000 + 3 * MIB, 3 * MIB),
+        "lifetime totals of requested bytes"
+    );
+    assert_eq!(
         (s.backend.as_str(), s.policy.as_str()),
         ("sim", "bfc-classic")
     );
@@ -107,7 +117,8 @@ fn the_memory_limit_refuses_growth_before_the_driver_and_the_pool_keeps_working(
     let text = err.to_string();
     for needle in [
         "out of memory on device 0: cannot allocate 104857600 bytes (100.00 MiB)",
-        "largest free block is",
+        "largest free block",
+        "is free but unusable for this request",
         "free on the device",
         "the memory limit of 67108864 bytes (64.00 MiB) is reached",
     ] {
