@@ -668,3 +668,18 @@ fn a_backend_that_fails_to_open_holds_nothing() {
     }
     // `b`'s drop checks that no context reference was left behind.
 }
+
+#[test]
+fn a_stream_whose_synchronize_fails_is_still_destroyed() {
+    let Some(mut b) = standin() else { return };
+    let s = b.create_stream().unwrap();
+    let id = s.id();
+    assert!(b.controls().fail_nth("cuStreamSynchronize", 1, UNKNOWN));
+    let err = b.destroy_stream(s).unwrap_err();
+    assert_eq!(err.call, "cuStreamSynchronize", "{err}");
+    assert!(
+        b.event_record(id).is_err(),
+        "a destroyed stream is no longer admitted"
+    );
+    // `b`'s drop checks that the stand-in holds no stream more than before.
+}
