@@ -683,3 +683,78 @@ fn a_stream_whose_synchronize_fails_is_still_destroyed() {
     );
     // `b`'s drop checks that the stand-in holds no stream more than before.
 }
+
+#[test]
+fn two_devices_keep_their_memory_apart_and_the_callers_context() {
+    // The stand-in reads its device count once, at cuInit: a fresh process.
+    if !in_child(
+        "two_devices_keep_their_memory_apart_and_the_callers_context",
+        &[("COALESCE_STANDIN_DEVICES", "2")],
+    ) {
+        return;
+    }
+    let Some(c) = standin_controls() else {
+        skip("needs the CUDA driver stand-in");
+        return;
+    };
+    use cudarc::driver::result;
+    let mut b0 = CudaBackend::new(0).unwrap();
+    let mut b1 = CudaBackend::new(1).unwrap();
+    // The caller works in device 1's primary context, as PyTorch may when it frees a tensor of
+    // device 0.
+    let dev1 = result::device::get(1).unwrap();
+    // SAFETY: `dev1` came from cuDeviceGet; the reference is released at the end.
+    let ctx1 = unsafe { result::primary_ctx::retain(dev1) }.unwrap();
+    // SAFETY: `ctx1` was just retained.
+    unsafe { result::ctx::set_current(ctx1) }.unwrap();
+
+    let free0 = b0.free_memory().unwrap();
+    let a0 = b0.mem_alloc(1 << 20).unwrap();
+    let e = b0.event_record(StreamId(0)).unwrap();
+    assert!(b0.event_query(e).unwrap());
+    b0.event_release(e);
+    assert_eq!(
+        result::ctx::get_current().unwrap(),
+        Some(ctx1),
+        "the caller's context is current again"
+    );
+    let a1 = b1.mem_alloc(1 << 20).unwrap();
+    let report = c.leak_report();
+    for (addr, device) in [(a0, 0), (a1, 1)] {
+        assert!(
+            report.contains(&format!(
+                r#"{{"ptr":{addr},"size":1048576,"device":{device}}}"#
+            )),
+            "{addr:#x} on device {device}: {report}"
+        );
+    }
+    assert_eq!(b0.free_memory().unwrap(), free0 - (1 << 20));
+
+    // A backend moves between threads (the pool's lock hands it to whichever calls).
+    let b0 = std::thread::spawn(move || {
+        b0.mem_free(a0).unwrap();
+        b0
+    })
+    .join()
+    .unwrap();
+    assert_eq!(b0.meter().reserved_bytes, 0);
+    b1.mem_free(a1).unwrap();
+    drop((b0, b1));
+    // SAFETY: unbinding (null) is always allowed; the reference retained above is released.
+    unsafe {
+        result::ctx::set_current(std::ptr::null_mut()).unwrap();
+        result::primary_ctx::release(dev1).unwrap();
+    }
+    let held = Held::now(c);
+    assert_eq!(
+        held,
+        Held {
+            leaks: 0,
+            streams: 0,
+            events: 0,
+            context_refs: 0
+        },
+        "{}",
+        c.leak_report()
+    );
+}
