@@ -120,7 +120,7 @@ fn a_c_program_drives_the_library_from_many_threads() {
     let Some(exe) = build_c_program(&dir) else {
         return;
     };
-    check_full_run(sim_command(&exe), "sim", &dir);
+    check_full_run(sim_command(&exe), "sim", None, &dir);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -130,11 +130,31 @@ fn a_c_program_drives_the_cuda_backend_on_the_driver_standin() {
     let Some(exe) = build_c_program(&dir) else {
         return;
     };
-    let Some(command) = cuda_command(&exe) else {
-        return;
-    };
-    let o = check_full_run(command, "cuda", &dir);
-    check_standin_leaks(&o);
+    // The default policy maps memory (cuMemCreate/cuMemMap); torch-native allocates it whole
+    // (cuMemAlloc), as PyTorch's native allocator.
+    for policy in [None, Some("torch-native")] {
+        let Some(mut command) = cuda_command(&exe) else {
+            return;
+        };
+        if let Some(p) = policy {
+            command.env("COALESCE_POLICY", p);
+        }
+        let o = check_full_run(command, "cuda", policy, &dir);
+        check_standin_leaks(&o);
+        let threads = stats_line(&String::from_utf8_lossy(&o.stdout), "threads");
+        let calls = &threads["driver_calls_by_kind"];
+        // Calls never made are left out.
+        let count = |key: &str| calls[key].as_u64().unwrap_or(0);
+        let (mapped, classic) = (count("mem_map"), count("mem_alloc"));
+        assert!(
+            if policy.is_none() {
+                mapped > 0
+            } else {
+                classic > 0 && mapped == 0
+            },
+            "{policy:?}: {mapped} maps, {classic} cuMemAlloc calls"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -164,7 +184,12 @@ fn check_standin_leaks(o: &std::process::Output) {
 
 /// Runs the C program's full run with `command` and checks what it printed and the snapshot
 /// it wrote.
-fn check_full_run(mut command: Command, backend: &str, dir: &Path) -> std::process::Output {
+fn check_full_run(
+    mut command: Command,
+    backend: &str,
+    policy: Option<&str>,
+    dir: &Path,
+) -> std::process::Output {
     let snapshot = dir.join("snapshot.csv");
     let o = command.arg(&snapshot).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -187,10 +212,14 @@ fn check_full_run(mut command: Command, backend: &str, dir: &Path) -> std::proce
     assert!(u(&threads, "peak_allocated_bytes") >= u(&threads, "peak_requested_bytes"));
     assert!(u(&threads, "peak_reserved_bytes") >= u(&threads, "peak_allocated_bytes"));
     assert_eq!(threads["backend"], backend);
-    assert!(
-        u(&threads["driver_calls_by_kind"], "event_record") > 0,
-        "frees on three streams are event-ordered"
-    );
+    if policy.is_none() {
+        // The default policy (coalesce) reuses a block freed on one stream for another behind
+        // an event; torch-native keeps one pool per stream and needs none here.
+        assert!(
+            u(&threads["driver_calls_by_kind"], "event_record") > 0,
+            "frees on three streams are event-ordered"
+        );
+    }
 
     let oom = stats_line(&out, "oom");
     assert_eq!(u(&oom, "num_ooms"), 1);
