@@ -1,7 +1,10 @@
-"""coalesce_torch against the simulated backend: no GPU and no torch needed.
+"""coalesce_torch against the simulated backend, or the CUDA backend on the CPU stand-in for
+libcuda: no GPU and no torch needed.
 
-Run by crates/capi/tests/python.rs with COALESCE_LIB set to the freshly built library and
-COALESCE_BACKEND=sim, COALESCE_SIM_CAPACITY=1 GiB. Tests run in order: they share one pool.
+Run by crates/capi/tests/python.rs with COALESCE_LIB set to the freshly built library, twice:
+COALESCE_BACKEND=sim with COALESCE_SIM_CAPACITY=1 GiB, and COALESCE_BACKEND=cuda with the
+stand-in first on LD_LIBRARY_PATH and COALESCE_STANDIN_CAPACITY=1GiB (one device of 1 GiB in
+both). Tests run in order: they share one pool.
 """
 
 import ctypes
@@ -16,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import coalesce_torch as ct  # noqa: E402
 
 MIB = 1 << 20
+BACKEND = os.environ.get("COALESCE_BACKEND", "cuda").strip()
 
 
 def malloc(size, stream=0):
@@ -33,7 +37,7 @@ class Sim(unittest.TestCase):
                     "peak_allocated_bytes", "requested_bytes", "peak_requested_bytes",
                     "num_ooms", "driver_calls"):
             self.assertIn(key, s)
-        self.assertEqual(s["backend"], "sim")
+        self.assertEqual(s["backend"], BACKEND)
         a, b = malloc(1000), malloc(3 * MIB)
         self.assertTrue(a and b)
         s = ct.memory_stats()
@@ -84,6 +88,10 @@ class Sim(unittest.TestCase):
         with self.assertRaises(ct.CoalesceError) as e:
             ct.memory_stats(device=999)
         self.assertIn("device 999 is out of range", str(e.exception))
+        with self.assertRaises(ct.CoalesceError) as e:
+            ct.memory_stats(device=1)  # the first device past the count
+        self.assertIn("no CUDA device 1" if BACKEND == "cuda" else "device 1 is out of range",
+                      str(e.exception))
         with self.assertRaises(FileNotFoundError):
             ct.library_path("/nonexistent/libcoalesce.so")
 
@@ -197,10 +205,12 @@ class Sim(unittest.TestCase):
                 ct._fail("malloc")
             self.assertIsInstance(e.exception, ct.OutOfMemoryError)
             text = str(e.exception)
+            # The report comes from the library's message when it has one (it says what is
+            # unusable), else from coalesce_torch's own: the same facts, either wording.
             self.assertIn("cannot allocate 268435456 bytes", text)
-            self.assertIn("requested 256.00 MiB, reserved", text)
-            self.assertIn("of reserved memory (", text)
-            self.assertIn("is free but unusable for this request", text)
+            self.assertIn("256.00 MiB", text)
+            self.assertIn("% of reserved", text)
+            self.assertIn("unusable for this request", text)
         finally:
             ct.set_memory_limit(None)
             if saved is None:

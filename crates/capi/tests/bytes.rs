@@ -249,19 +249,19 @@ fn worker(t: usize, shared: &Shared, ops: u64) {
                 fill(&b);
                 mine[i] = Some(b);
             }
-            Some(b) if rng.next() % 8 == 0 => shared.handoff.lock().unwrap().push(b),
+            Some(b) if rng.next().is_multiple_of(8) => shared.handoff.lock().unwrap().push(b),
             Some(b) => shared.free(b),
         }
         // Free what other threads handed over (a free from another thread than the
         // allocating one).
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             let theirs = shared.handoff.lock().unwrap().pop();
             if let Some(b) = theirs {
                 shared.remote_frees.fetch_add(1, Ordering::Relaxed);
                 shared.free(b);
             }
         }
-        if n % 20_000 == 0 {
+        if n.is_multiple_of(20_000) {
             mine.iter().flatten().for_each(|b| shared.check(b));
         }
     }

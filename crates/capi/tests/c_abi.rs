@@ -1,5 +1,7 @@
 //! The C ABI as C programs use it: tests/c/abi_test.c is compiled with the system C compiler
-//! against this build's libcoalesce.so and run on the simulated backend. It checks exact
+//! against this build's libcoalesce.so and run on the simulated backend, and on the CUDA
+//! backend over the CPU stand-in for libcuda (streams made by the driver, the stand-in's leak
+//! check on at exit). It checks exact
 //! accounting, 8 threads x 2500 allocs/frees over three streams with a shadow overlap check,
 //! OOM under a memory limit (NULL, a readable error, the pool keeps working), error reporting
 //! and a snapshot. Here the printed stats are checked again, and the snapshot is replayed the
@@ -42,7 +44,7 @@ fn build_c_program(out: &Path) -> Option<PathBuf> {
         .arg("-L")
         .arg(&lib)
         .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib.display()))
-        .args(["-lcoalesce", "-pthread"])
+        .args(["-lcoalesce", "-pthread", "-ldl"])
         .output()
         .expect("run the C compiler");
     assert!(o.status.success(), "C compile failed: {}", text(&o));
@@ -77,14 +79,119 @@ fn u(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
 }
 
+/// The C program on the CUDA backend over the driver stand-in: `LD_LIBRARY_PATH` is the
+/// stand-in's loader directory (`libcuda.so.1` there) then this build's library directory.
+/// Streams 1 and 2 are real driver streams (`ABI_TEST_CUDA_STREAMS`), work on them completes
+/// after a small lag so events are really pending, and the stand-in prints its leak report at
+/// exit (see [`check_standin_leaks`]).
+fn cuda_command(exe: &Path) -> Option<Command> {
+    let loader = match coalesce_cuda_standin_loader::loader_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            common::skip(&format!("no CUDA driver stand-in: {e}"));
+            return None;
+        }
+    };
+    let mut path = loader.into_os_string();
+    path.push(":");
+    path.push(lib_dir());
+    let mut c = Command::new(exe);
+    // Only the settings below: no fault or other stand-in setting from the caller's environment.
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("COALESCE_STANDIN_") {
+            c.env_remove(var);
+        }
+    }
+    c.env("LD_LIBRARY_PATH", path)
+        .env("COALESCE_BACKEND", "cuda")
+        .env("ABI_TEST_CUDA_STREAMS", "1")
+        .env("COALESCE_STANDIN_CAPACITY", "4GiB")
+        .env("COALESCE_STANDIN_STREAM_LAG_MS", "0.2")
+        .env("COALESCE_STANDIN_LEAK_CHECK", "1")
+        .env_remove("COALESCE_POLICY")
+        .env_remove("COALESCE_MEMORY_LIMIT")
+        .env_remove("COALESCE_TRACE_ENTRIES");
+    Some(c)
+}
+
 #[test]
 fn a_c_program_drives_the_library_from_many_threads() {
     let dir = scratch("c-abi");
     let Some(exe) = build_c_program(&dir) else {
         return;
     };
+    check_full_run(sim_command(&exe), "sim", None, &dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_c_program_drives_the_cuda_backend_on_the_driver_standin() {
+    let dir = scratch("c-abi-standin");
+    let Some(exe) = build_c_program(&dir) else {
+        return;
+    };
+    // The default policy maps memory (cuMemCreate/cuMemMap); torch-native allocates it whole
+    // (cuMemAlloc), as PyTorch's native allocator.
+    for policy in [None, Some("torch-native")] {
+        let Some(mut command) = cuda_command(&exe) else {
+            return;
+        };
+        if let Some(p) = policy {
+            command.env("COALESCE_POLICY", p);
+        }
+        let o = check_full_run(command, "cuda", policy, &dir);
+        check_standin_leaks(&o);
+        let threads = stats_line(&String::from_utf8_lossy(&o.stdout), "threads");
+        let calls = &threads["driver_calls_by_kind"];
+        // Calls never made are left out.
+        let count = |key: &str| calls[key].as_u64().unwrap_or(0);
+        let (mapped, classic) = (count("mem_map"), count("mem_alloc"));
+        assert!(
+            if policy.is_none() {
+                mapped > 0
+            } else {
+                classic > 0 && mapped == 0
+            },
+            "{policy:?}: {mapped} maps, {classic} cuMemAlloc calls"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The stand-in's leak report at the C program's exit: after the final `coalesce_empty_cache`
+/// no physical memory, mapping or allocation is left and no stream work found its memory gone.
+/// The pool itself lives until the process exits, so its address reservations (address space,
+/// not memory), its pooled events and its context reference are still there, as they would be
+/// in PyTorch.
+fn check_standin_leaks(o: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let report = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("coalesce-cuda-standin: leak report: "))
+        .unwrap_or_else(|| panic!("no leak report from the stand-in: {}", text(o)));
+    let report: Value = serde_json::from_str(report).expect("the leak report is JSON");
+    for key in [
+        "handles_not_released",
+        "mappings_left",
+        "allocations_not_freed",
+        "async_faults",
+    ] {
+        assert_eq!(report[key], Value::Array(vec![]), "{key}: {report}");
+    }
+    assert_eq!(report["bytes_in_use"], serde_json::json!([0]), "{report}");
+    assert_eq!(report["streams"], 0, "the program destroyed its streams");
+}
+
+/// Runs the C program's full run with `command` and checks what it printed and the snapshot
+/// it wrote.
+fn check_full_run(
+    mut command: Command,
+    backend: &str,
+    policy: Option<&str>,
+    dir: &Path,
+) -> std::process::Output {
     let snapshot = dir.join("snapshot.csv");
-    let o = sim_command(&exe).arg(&snapshot).output().unwrap();
+    let o = command.arg(&snapshot).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success() && out.ends_with("OK\n"), "{}", text(&o));
     assert!(
@@ -104,11 +211,15 @@ fn a_c_program_drives_the_library_from_many_threads() {
     );
     assert!(u(&threads, "peak_allocated_bytes") >= u(&threads, "peak_requested_bytes"));
     assert!(u(&threads, "peak_reserved_bytes") >= u(&threads, "peak_allocated_bytes"));
-    assert_eq!(threads["backend"], "sim");
-    assert!(
-        u(&threads["driver_calls_by_kind"], "event_record") > 0,
-        "frees on three streams are event-ordered"
-    );
+    assert_eq!(threads["backend"], backend);
+    if policy.is_none() {
+        // The default policy (coalesce) reuses a block freed on one stream for another behind
+        // an event; torch-native keeps one pool per stream and needs none here.
+        assert!(
+            u(&threads["driver_calls_by_kind"], "event_record") > 0,
+            "frees on three streams are event-ordered"
+        );
+    }
 
     let oom = stats_line(&out, "oom");
     assert_eq!(u(&oom, "num_ooms"), 1);
@@ -149,7 +260,7 @@ fn a_c_program_drives_the_library_from_many_threads() {
         t.stats.peak_requested_bytes
     );
     assert_eq!(results[0].ooms, 0);
-    let _ = std::fs::remove_dir_all(dir);
+    o
 }
 
 #[test]

@@ -1,35 +1,91 @@
-//! The Python package `python/coalesce_torch` against this build's libcoalesce.so on the
-//! simulated backend (python/tests/test_coalesce_torch.py; neither torch nor a GPU needed).
+//! The Python package `python/coalesce_torch` against this build's libcoalesce.so, on the
+//! simulated backend and on the CUDA backend over the CPU stand-in for libcuda
+//! (python/tests/test_coalesce_torch.py; neither torch nor a GPU needed).
 
 mod common;
 
 use common::{lib_dir, repo_root, text};
 use std::process::Command;
 
-#[test]
-fn the_python_package_works_on_the_simulated_backend() {
+/// `python3 test_coalesce_torch.py` with this build's library and no pool setting from the
+/// caller's environment, or `None` (said) without python3.
+fn python_test() -> Option<Command> {
     if Command::new("python3").arg("--version").output().is_err() {
         common::skip("no python3");
-        return;
+        return None;
     }
-    let lib = lib_dir();
-    let o = Command::new("python3")
-        .arg(repo_root().join("python/tests/test_coalesce_torch.py"))
-        .env("COALESCE_LIB", lib.join("libcoalesce.so"))
-        .env("LD_LIBRARY_PATH", &lib)
+    let mut c = Command::new("python3");
+    c.arg(repo_root().join("python/tests/test_coalesce_torch.py"))
+        .env("COALESCE_LIB", lib_dir().join("libcoalesce.so"))
+        .env_remove("COALESCE_POLICY")
+        .env_remove("COALESCE_MEMORY_LIMIT");
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("COALESCE_STANDIN_") {
+            c.env_remove(var);
+        }
+    }
+    Some(c)
+}
+
+fn check_passed(o: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}", text(o));
+    assert!(
+        stderr.contains("Ran 9 tests") && stderr.lines().any(|l| l == "OK"),
+        "{}",
+        text(o)
+    );
+}
+
+#[test]
+fn the_python_package_works_on_the_simulated_backend() {
+    let Some(mut python) = python_test() else {
+        return;
+    };
+    let o = python
+        .env("LD_LIBRARY_PATH", lib_dir())
         .env("COALESCE_BACKEND", "sim")
         .env("COALESCE_SIM_CAPACITY", (1u64 << 30).to_string())
-        .env_remove("COALESCE_POLICY")
-        .env_remove("COALESCE_MEMORY_LIMIT")
         .output()
         .expect("run python3");
+    check_passed(&o);
+}
+
+/// The same tests through the CUDA backend: `LD_LIBRARY_PATH` is the stand-in's loader
+/// directory (`libcuda.so.1` there) then this build's library directory; the stand-in's device
+/// has 1 GiB, as the simulated one above, so memory fractions mean the same bytes.
+#[test]
+fn the_python_package_works_on_the_cuda_backend_over_the_driver_standin() {
+    let Some(mut python) = python_test() else {
+        return;
+    };
+    let loader = match coalesce_cuda_standin_loader::loader_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            common::skip(&format!("no CUDA driver stand-in: {e}"));
+            return;
+        }
+    };
+    let mut path = loader.into_os_string();
+    path.push(":");
+    path.push(lib_dir());
+    let o = python
+        .env("LD_LIBRARY_PATH", path)
+        .env("COALESCE_BACKEND", "cuda")
+        .env("COALESCE_STANDIN_CAPACITY", "1GiB")
+        .env("COALESCE_STANDIN_LEAK_CHECK", "1")
+        .output()
+        .expect("run python3");
+    check_passed(&o);
+    // The stand-in's report at exit shows it was the driver in use; the package's calls left
+    // no stream work that found its memory gone.
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        stderr.contains("Ran 9 tests") && stderr.trim_end().ends_with("OK"),
-        "{}",
-        text(&o)
-    );
+    let report = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("coalesce-cuda-standin: leak report: "))
+        .unwrap_or_else(|| panic!("no leak report from the stand-in: {}", text(&o)));
+    let report: serde_json::Value = serde_json::from_str(report).expect("the report is JSON");
+    assert_eq!(report["async_faults"], serde_json::json!([]), "{report}");
 }
 
 /// `scripts/gpu_table.py`, which `gpu-check.sh run` uses to judge the pluggable allocator:

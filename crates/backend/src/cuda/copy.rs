@@ -114,14 +114,19 @@ impl CudaBackend {
         Ok(CudaStream(id))
     }
 
-    /// Waits for the stream's work, then destroys it.
+    /// Waits for the stream's work, then destroys it. The stream is destroyed even when the
+    /// wait fails (the driver releases a destroyed stream's resources once its work is done):
+    /// the `CudaStream` is consumed, so nothing could destroy it later.
     pub fn destroy_stream(&mut self, stream: CudaStream) -> Result<(), CudaError> {
         self.forget_stream(stream.0);
         let _current = self.enter_for("cuStreamDestroy")?;
         let s = std::ptr::without_provenance_mut(stream.0.0 as usize);
         // SAFETY: `CudaStream` is only made by `create_stream` and is consumed here, so the
-        // stream is live and destroyed once.
-        unsafe { result::stream::synchronize(s).and_then(|()| result::stream::destroy(s)) }
-            .map_err(|e| CudaError::new("cuStreamDestroy", e))
+        // stream is live; it is synchronized at most once and destroyed exactly once.
+        let synced = unsafe { result::stream::synchronize(s) };
+        // SAFETY: as above.
+        let destroyed = unsafe { result::stream::destroy(s) };
+        synced.map_err(|e| CudaError::new("cuStreamSynchronize", e))?;
+        destroyed.map_err(|e| CudaError::new("cuStreamDestroy", e))
     }
 }

@@ -1,11 +1,21 @@
-/* Drives libcoalesce.so through its C ABI the way PyTorch and C users do, on the simulated
- * backend (COALESCE_BACKEND=sim). Run by tests/c_abi.rs, which also checks what it prints.
+/* Drives libcoalesce.so through its C ABI the way PyTorch and C users do. Run by
+ * tests/c_abi.rs, which also checks what it prints, on the simulated backend
+ * (COALESCE_BACKEND=sim) and on the CUDA backend (COALESCE_BACKEND=cuda) over the CPU stand-in
+ * for libcuda (crates/cuda-standin, first on LD_LIBRARY_PATH).
  *
  *   abi_test SNAPSHOT_PATH     the full run; prints "STATS <phase> <json>" lines and "OK"
  *   abi_test --config-error    expects the pool to refuse a bad environment cleanly
+ *
+ * Streams: the program uses three, numbered 0 to 2. On the simulated backend any value names
+ * a stream, so stream n is the value n. The CUDA backend hands streams to the driver, which
+ * needs real ones: with ABI_TEST_CUDA_STREAMS=1 the program opens the driver itself
+ * (dlopen "libcuda.so.1", cuInit, cuDevicePrimaryCtxRetain, cuCtxSetCurrent), and stream 0 is
+ * the null stream while streams 1 and 2 come from cuStreamCreate (non-blocking), as PyTorch's
+ * would; they are destroyed at the end.
  */
 #include "coalesce.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,7 +37,71 @@
 #define OPS_PER_THREAD 2500
 #define LIVE_PER_THREAD 48
 
-static void *stream(uintptr_t s) { return (void *)s; }
+/* ------------------------------------------------------------------ streams */
+
+static void *cuda_streams[2];
+static int use_cuda_streams;
+static int on_cuda; /* COALESCE_BACKEND=cuda */
+
+static void *stream(uintptr_t s) {
+    if (!use_cuda_streams || s == 0) return (void *)s;
+    CHECK(s <= 2, "stream %lu", (unsigned long)s);
+    return cuda_streams[s - 1];
+}
+
+/* The few driver calls needed to make streams, with their C signatures (CUresult is an int,
+ * CUdevice an int, CUcontext and CUstream pointers). */
+typedef int (*cu_init_t)(unsigned);
+typedef int (*cu_device_get_t)(int *, int);
+typedef int (*cu_ctx_retain_t)(void **, int);
+typedef int (*cu_ctx_release_t)(int);
+typedef int (*cu_ctx_set_current_t)(void *);
+typedef int (*cu_stream_create_t)(void **, unsigned);
+typedef int (*cu_stream_destroy_t)(void *);
+
+static void *libcuda;
+static int cuda_device = -1;
+
+static void *cuda_symbol(const char *name) {
+    void *f = dlsym(libcuda, name);
+    CHECK(f != NULL, "the CUDA driver lacks %s", name);
+    return f;
+}
+
+#define CU(call) CHECK((call) == 0, "%s failed", #call)
+
+static void cuda_streams_create(void) {
+    libcuda = dlopen("libcuda.so.1", RTLD_NOW);
+    CHECK(libcuda != NULL, "dlopen libcuda.so.1: %s", dlerror());
+    cu_init_t init;
+    cu_device_get_t device_get;
+    cu_ctx_retain_t retain;
+    cu_ctx_set_current_t set_current;
+    cu_stream_create_t create;
+    /* POSIX's way of turning dlsym's object pointer into a function pointer. */
+    *(void **)&init = cuda_symbol("cuInit");
+    *(void **)&device_get = cuda_symbol("cuDeviceGet");
+    *(void **)&retain = cuda_symbol("cuDevicePrimaryCtxRetain");
+    *(void **)&set_current = cuda_symbol("cuCtxSetCurrent");
+    *(void **)&create = cuda_symbol("cuStreamCreate");
+    void *ctx = NULL;
+    CU(init(0));
+    CU(device_get(&cuda_device, 0));
+    CU(retain(&ctx, cuda_device));
+    CU(set_current(ctx));
+    for (int i = 0; i < 2; i++) CU(create(&cuda_streams[i], 1 /* CU_STREAM_NON_BLOCKING */));
+    use_cuda_streams = 1;
+}
+
+static void cuda_streams_destroy(void) {
+    cu_stream_destroy_t destroy;
+    cu_ctx_release_t release;
+    *(void **)&destroy = cuda_symbol("cuStreamDestroy_v2");
+    *(void **)&release = cuda_symbol("cuDevicePrimaryCtxRelease_v2");
+    for (int i = 0; i < 2; i++) CU(destroy(cuda_streams[i]));
+    CU(release(cuda_device));
+    use_cuda_streams = 0;
+}
 
 /* ------------------------------------------------------------------ JSON and errors */
 
@@ -196,6 +270,10 @@ static void out_of_memory_under_a_limit(void) {
 static void errors_are_reported(void) {
     CHECK(coalesce_malloc(16, 999, stream(0)) == NULL, "device 999");
     expect_error("device 999 is out of range");
+    /* The first device past the count: the backend says so (one device in both runs). */
+    CHECK(coalesce_malloc(16, 1, stream(0)) == NULL, "device 1");
+    expect_error(on_cuda ? "no CUDA device 1: the driver sees 1 device(s)"
+                         : "device 1 is out of range: the simulated backend has 1 device(s)");
     coalesce_free((void *)0x1234, 16, 0, stream(0)); /* reported on stderr */
     expect_error("not a live allocation");
     CHECK(coalesce_dump_snapshot(0, NULL) == -1, "NULL path");
@@ -225,6 +303,10 @@ static int config_error(void) {
 int main(int argc, char **argv) {
     CHECK(argc == 2, "usage: abi_test SNAPSHOT_PATH | --config-error");
     if (strcmp(argv[1], "--config-error") == 0) return config_error();
+    const char *backend = getenv("COALESCE_BACKEND");
+    on_cuda = backend == NULL || strcmp(backend, "cuda") == 0;
+    const char *want_streams = getenv("ABI_TEST_CUDA_STREAMS");
+    if (want_streams != NULL && strcmp(want_streams, "1") == 0) cuda_streams_create();
     void *kept = exact_accounting();
     many_threads();
     out_of_memory_under_a_limit();
@@ -234,6 +316,7 @@ int main(int argc, char **argv) {
     CHECK(stat_of("requested_bytes") == 0, "all freed");
     CHECK(coalesce_empty_cache(0) == 0 && stat_of("reserved_bytes") == 0, "empty_cache returns all");
     print_stats("final");
+    if (use_cuda_streams) cuda_streams_destroy();
     puts("OK");
     return 0;
 }
