@@ -45,6 +45,8 @@ pub struct PoolCore<B: ?Sized + Backend + AsDynBackend = dyn Backend> {
     policy: Box<dyn Policy>,
     policy_spec: String,
     limit: Option<u64>,
+    /// The device's memory (fixed): requests above it are refused without asking the policy.
+    total_memory: u64,
     live: FxHashMap<DevAddr, Live>,
     order: StreamOrder,
     counters: Counters,
@@ -82,6 +84,7 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
             policy,
             policy_spec: config.policy.to_string(),
             limit,
+            total_memory: backend.as_dyn().total_memory(),
             live: FxHashMap::default(),
             counters: Counters::default(),
             trace: TraceRing::new(config.trace_entries),
@@ -120,11 +123,11 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
 
     /// Allocates at least `size` bytes for use on `stream`. See [`crate::DevicePool::alloc`].
     pub fn alloc(&mut self, size: u64, stream: StreamId) -> Result<Block, PoolError> {
-        if size == 0 || size > self.backend.as_dyn().total_memory() {
+        if size == 0 || size > self.total_memory {
             self.counters.invalid_requests += 1;
             return Err(PoolError::InvalidSize {
                 requested: size,
-                total: self.backend.as_dyn().total_memory(),
+                total: self.total_memory,
             });
         }
         self.order.note_stream(self.backend.as_dyn(), stream)?;
@@ -212,10 +215,24 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
 
     /// Frees the block at `addr`. See [`crate::DevicePool::free`].
     pub fn free(&mut self, addr: DevAddr, stream: StreamId) -> Result<(), PoolError> {
-        let Some(&block) = self.live.get(&addr) else {
+        let Some(block) = self.live.remove(&addr) else {
             self.counters.invalid_frees += 1;
             return Err(PoolError::UnknownAddress(addr));
         };
+        if let Err(e) = self.hand_back(addr, block, stream) {
+            // The block stays the caller's: nothing was freed.
+            self.live.insert(addr, block);
+            return Err(e);
+        }
+        self.counters.on_free(block.requested, block.size);
+        if self.over_limit() {
+            self.release_cached()?;
+        }
+        Ok(())
+    }
+
+    /// Gives a freed block to the policy now, or holds it until its stream passes the free.
+    fn hand_back(&mut self, addr: DevAddr, block: Live, stream: StreamId) -> Result<(), PoolError> {
         self.order.note_stream(self.backend.as_dyn(), stream)?;
         if self.order.deferring() {
             self.order
@@ -226,15 +243,10 @@ impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
                 size: block.requested,
                 stream,
             });
+            Ok(())
         } else {
-            self.give_back(addr, block.requested, stream)?;
+            self.give_back(addr, block.requested, stream)
         }
-        self.live.remove(&addr);
-        self.counters.on_free(block.requested, block.size);
-        if self.over_limit() {
-            self.release_cached()?;
-        }
-        Ok(())
     }
 
     fn over_limit(&self) -> bool {
