@@ -165,8 +165,8 @@ fn corrupted(h: &Held) -> usize {
 /// Sizes of the workload: mostly small, some of several granules.
 fn size_of(op: u64) -> u64 {
     match op % 7 {
-        0 => 3 * MIB + 4 * KIB * (op % 5),
-        1 => 6 * MIB + 512,
+        0 => 2 * MIB + 4 * KIB * (op % 5),
+        1 => 4 * MIB + 512,
         2 | 3 => 96 * KIB + 512 * (op % 13),
         _ => 1 + 700 * (op % 37),
     }
@@ -180,8 +180,8 @@ struct Run {
 
 /// Runs the workload on a fresh pool, arming the fault `(function, k, code)` after `ARM` ops.
 fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
-    const OPS: u64 = 240;
-    const ARM: u64 = 60;
+    const OPS: u64 = 160;
+    const ARM: u64 = 40;
     // Leaks are counted from here: a failed run before must not fail every run after it.
     let leaks_before = c.leak_count();
     let pool = cuda_pool(policy);
@@ -243,8 +243,8 @@ fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
                 out.errors.push(e.to_string());
             }
         }
-        // Every block after each error, and every 16 ops once the fault is armed.
-        if op >= ARM && (op % 16 == 0 || out.errors.len() > errors_checked) {
+        // Every block after each error, and every 32 ops once the fault is armed.
+        if op >= ARM && (op % 32 == 0 || out.errors.len() > errors_checked) {
             errors_checked = out.errors.len();
             check_all(&held, op);
         }

@@ -375,11 +375,13 @@ impl TorchCaching {
         id: BlockId,
     ) -> Result<(), PolicyError> {
         let b = *self.blocks.get(id);
-        let seg = self.expandable[b.expandable as usize]
-            .take()
-            .expect("live expandable segment");
+        let slot = &mut self.expandable[b.expandable as usize];
+        let seg = slot.as_ref().expect("live expandable segment");
         debug_assert!(!b.mapped && b.addr == seg.base && b.size == seg.size());
+        // Freed first, forgotten after: a failing `cuMemAddressFree` keeps the segment (all
+        // unmapped, reusable) for a later release.
         dev.address_free(seg.base, seg.size())?;
+        *slot = None;
         let (blocks, pool) = self.parts(b.pool);
         pool.remove_any(&b);
         blocks.remove(id);
