@@ -61,9 +61,20 @@ pub struct SimDevice {
     clock: StreamClock,
 }
 
-/// Address ranges of the fake address space: classic allocations below, reservations above.
+/// Address ranges of the fake address space of device 0: reservations from
+/// `VIRTUAL_BASE` up, classic allocations from `CLASSIC_BASE` up.
 const CLASSIC_BASE: u64 = 0x7f00_0000_0000;
 const VIRTUAL_BASE: u64 = 0x6000_0000_0000;
+/// Devices share one address space, as CUDA's unified addressing gives them: device `d`'s
+/// ranges start `d` strides below device 0's (16 devices stay clear of each other and of
+/// address 0; a pointer names one device only).
+const DEVICE_STRIDE_VIRTUAL: u64 = 1 << 41;
+const DEVICE_STRIDE_CLASSIC: u64 = 1 << 37;
+
+/// Device `device`'s base for a range of device 0 at `base`.
+fn device_base(base: u64, stride: u64, device: i32) -> u64 {
+    base - (device.rem_euclid(16) as u64) * stride
+}
 
 impl SimDevice {
     pub fn new(config: SimConfig) -> Self {
@@ -71,8 +82,15 @@ impl SimDevice {
         SimDevice {
             config,
             meter: Meter::default(),
-            classic: ClassicHeap::new(CLASSIC_BASE, config.granularity),
-            vmm: VirtualMemory::new(VIRTUAL_BASE, config.granularity, config.validate),
+            classic: ClassicHeap::new(
+                device_base(CLASSIC_BASE, DEVICE_STRIDE_CLASSIC, config.device),
+                config.granularity,
+            ),
+            vmm: VirtualMemory::new(
+                device_base(VIRTUAL_BASE, DEVICE_STRIDE_VIRTUAL, config.device),
+                config.granularity,
+                config.validate,
+            ),
             clock: StreamClock::new(config.stream_lag),
         }
     }
