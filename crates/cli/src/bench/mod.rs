@@ -66,14 +66,16 @@ pub fn default_traces(seeds: u64) -> Result<Vec<Trace>, String> {
     Ok(traces)
 }
 
-/// Replays every trace under every policy and derives the bench rows.
+/// Replays every trace under every policy and derives the bench rows; with `with_oracle`,
+/// each row carries its gap to the trace's oracle (see [`ReplayResult::gap`]).
 pub fn run(
     traces: &[Trace],
     specs: &[PolicySpec],
     config: &ReplayConfig,
     costs: &CostTable,
+    with_oracle: bool,
 ) -> Result<Vec<BenchRow>, ReplayError> {
-    let results = replay::replay_all(traces, specs, config)?;
+    let results = replay::replay_all_with_oracle(traces, specs, config, with_oracle)?;
     Ok(rows(results, costs))
 }
 
