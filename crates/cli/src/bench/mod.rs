@@ -3,7 +3,9 @@
 //! Per trace and policy: reserved memory against the trace's peak, driver calls per 1000
 //! allocations, estimated driver time (calls and bytes times the [`CostTable`]), and the
 //! allocator's CPU cost per operation with its ratio to `torch-native` measured in the same
-//! run. Then, for the `coalesce` policy, whether each of its goals holds on each trace.
+//! run, and (unless `--no-oracle`) its gap to the trace's offline oracle: peak reserved over
+//! the oracle's placement and over the bound (see [`crate::replay::Gap`]), with the `oracle`
+//! row itself. Then, for the `coalesce` policy, whether each of its goals holds on each trace.
 
 pub mod costs;
 pub mod report;

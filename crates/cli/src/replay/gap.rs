@@ -15,7 +15,8 @@ use coalesce_backend::DriverCall;
 pub struct Gap {
     /// The oracle's placement for the trace, in bytes.
     pub placement_bytes: u64,
-    /// The lower bound that holds for this policy (see the [module docs](self)).
+    /// The lower bound that holds for this policy: the granule bound on VMM memory, the peak
+    /// of live requested bytes where it used `cuMemAlloc`.
     pub bound_bytes: u64,
     /// Peak reserved over the placement.
     pub vs_oracle: f64,

@@ -2,7 +2,7 @@
 //! traces by the figures measured on a real H100 (see [`anchors`](super::anchors)). Where the
 //! oracle was computed, each row's peak reserved is also shown over the oracle's placement
 //! ("vs oracle") and over the lower bound that holds for the policy ("vs bound", see
-//! [`Gap`](crate::replay::Gap)); without it, those two columns are left out.
+//! [`Gap`]); without it, those two columns are left out.
 
 use super::anchors::{Measured, measured_for};
 use crate::replay::{Gap, ReplayResult};
