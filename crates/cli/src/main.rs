@@ -7,7 +7,7 @@ use coalesce_cli::replay::{self, ReplayConfig};
 use coalesce_cli::report::{json, plot, table};
 use coalesce_cli::tune;
 use coalesce_cli::units::parse_size;
-use coalesce_policy::{PolicySpec, REGISTRY, registry};
+use coalesce_policy::{OFFLINE, PolicySpec, REGISTRY, registry};
 use coalesce_trace::{synth, write_csv};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,9 +94,15 @@ struct BenchArgs {
     #[arg(long)]
     only: bool,
 
-    /// Policies to compare (same syntax as for replay). Default: every policy.
+    /// Policies to compare (same syntax as for replay). Default: every policy, and the
+    /// oracle unless --no-oracle.
     #[arg(long, short, value_name = "NAME[:OPTIONS][,...]")]
     policy: Vec<String>,
+
+    /// Skip the offline oracle: no `oracle` row, no "vs oracle" / "vs bound" figures (its
+    /// plans take seconds per large trace, computed in parallel before the replays).
+    #[arg(long)]
+    no_oracle: bool,
 
     /// Print one JSON object per trace and policy per line instead of tables.
     #[arg(long)]
@@ -198,9 +204,19 @@ struct ReplayArgs {
 
     /// Policies to compare, comma-separated, each optionally with options in
     /// PYTORCH_CUDA_ALLOC_CONF syntax, e.g. `bfc-classic,torch-native:max_split_size_mb:512`.
-    /// May be repeated. Default: every policy (see `coalesce policies`).
+    /// May be repeated. Default: every policy (see `coalesce policies`), and the offline
+    /// `oracle` with --oracle. Naming `oracle` implies --oracle.
     #[arg(long, short, value_name = "NAME[:OPTIONS][,...]")]
     policy: Vec<String>,
+
+    /// Plan each trace's offline oracle, which knows when every block will be freed, and show
+    /// each policy's peak reserved over the oracle's placement ("vs oracle") and over a lower
+    /// bound no allocator can beat ("vs bound"); without --policy, also the oracle's own row,
+    /// replayed through the same pool (not with --stream-lag: its plan assumes the trace's
+    /// order is safe on every stream). Planning takes seconds per large trace (the traces in
+    /// parallel, before the replays).
+    #[arg(long)]
+    oracle: bool,
 
     /// Print one JSON object per trace and policy per line instead of a table.
     #[arg(long)]
@@ -245,7 +261,7 @@ fn main() -> ExitCode {
 }
 
 fn print_policies() {
-    for p in REGISTRY {
+    for p in REGISTRY.iter().chain(OFFLINE) {
         println!("{:<18} {}", p.name, p.summary);
         for (key, help) in p.options {
             println!("{:<18}   {key}: {help}", "");
@@ -259,10 +275,18 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn run_replay(args: ReplayArgs) -> ExitCode {
-    let specs = match policy_specs(&args.policy) {
+    // The oracle's row needs a safe trace order on every stream: none with stream lag.
+    let specs = match policy_specs(&args.policy, args.oracle && args.stream_lag == 0) {
         Ok(s) => s,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
+    if args.stream_lag > 0 && specs.iter().any(|s| registry::is_offline(&s.name)) {
+        return fail(
+            EXIT_BAD_INPUT,
+            "the oracle's plan assumes the trace's order is safe on every stream: its row needs \
+             --stream-lag 0 (--oracle without naming it still shows the gaps to its figures)",
+        );
+    }
     let paths = if args.traces.is_empty() && !args.synth.is_empty() {
         vec![]
     } else if args.traces.is_empty() {
@@ -295,7 +319,7 @@ fn run_replay(args: ReplayArgs) -> ExitCode {
         repeats: args.repeats as usize,
         series_points: 2000,
     };
-    let results = match replay::replay_all(&traces, &specs, &config) {
+    let results = match replay::replay_all_with_oracle(&traces, &specs, &config, args.oracle) {
         Ok(r) => r,
         Err(e) => return fail(1, e),
     };
@@ -339,7 +363,7 @@ fn run_bench(args: BenchArgs) -> ExitCode {
             Err(e) => fail(1, format!("{e:#}")),
         };
     }
-    let specs = match policy_specs(&args.policy) {
+    let specs = match policy_specs(&args.policy, !args.no_oracle) {
         Ok(s) => s,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
@@ -373,7 +397,7 @@ fn run_bench(args: BenchArgs) -> ExitCode {
         repeats: args.repeats as usize,
         series_points: 2000,
     };
-    let rows = match bench::run(&traces, &specs, &config, &costs) {
+    let rows = match bench::run(&traces, &specs, &config, &costs, !args.no_oracle) {
         Ok(r) => r,
         Err(e) => return fail(1, e),
     };
@@ -499,9 +523,16 @@ fn run_synth(args: SynthArgs) -> ExitCode {
     }
 }
 
-fn policy_specs(args: &[String]) -> Result<Vec<PolicySpec>, String> {
+/// The policies of `--policy`; without it, every online policy, and the offline ones (built
+/// from each trace) when `offline`.
+fn policy_specs(args: &[String], offline: bool) -> Result<Vec<PolicySpec>, String> {
     if args.is_empty() {
-        return Ok(REGISTRY.iter().map(|p| PolicySpec::named(p.name)).collect());
+        let extra = if offline { OFFLINE } else { &[] };
+        return Ok(REGISTRY
+            .iter()
+            .chain(extra)
+            .map(|p| PolicySpec::named(p.name))
+            .collect());
     }
     let mut specs = Vec::new();
     for a in args {

@@ -59,18 +59,29 @@ fn json_lines_carry_every_bench_figure_for_every_policy() {
         "torch-native",
         "torch-expandable",
         "cuda-malloc",
+        "oracle",
     ] {
         assert!(policies.contains(&p), "{p} missing from {policies:?}");
     }
     for l in &lines {
         for key in [
             "reserved_ratio",
+            "oracle_bound_bytes",
+            "oracle_placement_bytes",
+            "bound_bytes",
+            "vs_oracle",
+            "vs_bound",
             "driver_calls_per_1000_allocs",
             "est_driver_us",
             "ns_per_op",
             "cpu_vs_torch_native",
         ] {
             assert!(!l[key].is_null(), "{}: {key} missing", l["policy"]);
+        }
+        assert!(l["vs_bound"].as_f64().unwrap() >= 1.0, "{l}");
+        if l["policy"] == "oracle" {
+            assert_eq!(l["peak_reserved_bytes"], l["oracle_placement_bytes"]);
+            assert_eq!(l["vs_oracle"], 1.0);
         }
         if l["policy"] == "torch-native" {
             assert!((l["cpu_vs_torch_native"].as_f64().unwrap() - 1.0).abs() < 1e-9);
@@ -172,5 +183,39 @@ fn a_cost_table_missing_a_call_is_refused_with_exit_2() {
         String::from_utf8_lossy(&o.stderr).contains("no cost for mem_free"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn no_oracle_drops_its_row_columns_and_figures() {
+    let trace = tiny_trace();
+    let path = trace.to_str().unwrap();
+    let o = coalesce(&["bench", "--only", path, "--repeats", "1", "-p", "coalesce"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("vs oracle") && out.contains("vs bound"),
+        "{out}"
+    );
+    let o = coalesce(&[
+        "bench",
+        "--only",
+        path,
+        "--repeats",
+        "1",
+        "--no-oracle",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for l in String::from_utf8(o.stdout).unwrap().lines() {
+        let l: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_ne!(l["policy"], "oracle");
+        assert!(l["vs_oracle"].is_null() && l["vs_bound"].is_null(), "{l}");
+    }
+    let o = coalesce(&["bench", "--only", path, "--repeats", "1", "--no-oracle"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !out.contains("vs oracle") && !out.contains(" oracle "),
+        "{out}"
     );
 }

@@ -208,3 +208,106 @@ fn plots_are_svg_with_a_line_per_policy() {
         assert!(svg.contains(needle), "plot lacks {needle:?}");
     }
 }
+
+#[test]
+fn the_oracle_row_reserves_its_placement_and_every_row_shows_its_gaps() {
+    let lines = json_lines(&coalesce(&[
+        "replay",
+        "traces/resnet50_train.trace.csv.gz",
+        "--json",
+        "--repeats",
+        "1",
+        "--policy",
+        "cuda-malloc,oracle,coalesce",
+    ]));
+    let policies: Vec<&str> = lines
+        .iter()
+        .map(|l| l["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        policies,
+        ["cuda-malloc", "oracle", "coalesce"],
+        "in --policy order"
+    );
+    let placement = lines[0]["oracle_placement_bytes"].as_u64().unwrap();
+    let bound = lines[0]["oracle_bound_bytes"].as_u64().unwrap();
+    let peak = 9_298_465_232u64;
+    assert!(peak <= bound && bound <= placement, "{bound} {placement}");
+    for l in &lines {
+        // The trace's figures are the same on every row.
+        assert_eq!(l["oracle_placement_bytes"], placement);
+        assert_eq!(l["oracle_bound_bytes"], bound);
+        assert_eq!(l["oracle_peak_live_bytes"], peak);
+        let reserved = l["peak_reserved_bytes"].as_u64().unwrap();
+        let row_bound = l["bound_bytes"].as_u64().unwrap();
+        assert!(reserved >= row_bound, "{l}");
+        let vs = |key: &str| l[key].as_f64().unwrap();
+        assert!((vs("vs_oracle") - reserved as f64 / placement as f64).abs() < 1e-12);
+        assert!((vs("vs_bound") - reserved as f64 / row_bound as f64).abs() < 1e-12);
+    }
+    // cuMemAlloc is charged by the byte: its bound is the peak of live bytes.
+    assert_eq!(lines[0]["bound_bytes"], peak);
+    assert_eq!(lines[1]["peak_reserved_bytes"], placement);
+    assert_eq!(lines[1]["bound_bytes"], bound);
+    assert_eq!(lines[1]["vs_oracle"], 1.0);
+    assert!(lines[2]["vs_oracle"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn without_oracle_its_fields_are_null_and_its_columns_absent() {
+    let trace = temp_file(
+        "plain.csv",
+        "action,addr,size,stream\nalloc,4096,3000000,0\nfree_completed,4096,3000000,0\n",
+    );
+    let path = trace.to_str().unwrap();
+    let lines = json_lines(&coalesce(&["replay", path, "--json", "--repeats", "1"]));
+    assert!(lines.iter().all(|l| l["policy"] != "oracle"));
+    for l in &lines {
+        for key in [
+            "oracle_placement_bytes",
+            "bound_bytes",
+            "vs_oracle",
+            "vs_bound",
+        ] {
+            assert!(l[key].is_null(), "{key}: {l}");
+        }
+    }
+    let o = coalesce(&["replay", path, "--repeats", "1"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !table.contains("vs oracle") && !table.contains(" oracle "),
+        "{table}"
+    );
+    let o = coalesce(&["replay", path, "--repeats", "1", "--oracle"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    let cells: Vec<&str> = table
+        .lines()
+        .map(|l| l.split('┆').map(str::trim).collect::<Vec<_>>())
+        .find(|c| c.get(1) == Some(&"oracle"))
+        .unwrap_or_else(|| panic!("--oracle adds the oracle's row:\n{table}"));
+    // 3 MB in 2 MiB granules: two granules at best, and the bound is two granules.
+    assert_eq!(
+        cells[4..8],
+        ["4.00 MiB", "1.398x", "1.0000x", "1.0000x"],
+        "{table}"
+    );
+    assert!(
+        table.contains("vs oracle") && table.contains("vs bound"),
+        "{table}"
+    );
+}
+
+#[test]
+fn the_oracle_row_refuses_stream_lag_and_options() {
+    let o = coalesce(&["replay", "-p", "oracle", "--stream-lag", "5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--stream-lag 0"), "{}", stderr(&o));
+    let o = coalesce(&["replay", "-p", "oracle:frob:1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("policy oracle: unknown option \"frob\""),
+        "{}",
+        stderr(&o)
+    );
+}

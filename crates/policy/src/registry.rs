@@ -53,13 +53,22 @@ pub fn build(spec: &PolicySpec) -> Result<Box<dyn Policy>, SpecError> {
     (info.build)(spec)
 }
 
-/// Parses a comma-separated list of specs and checks that each one builds.
+/// Parses a comma-separated list of specs and checks that each one builds; an offline policy
+/// (which front-ends build from the trace) only has its options checked.
 pub fn parse_list(text: &str) -> Result<Vec<PolicySpec>, SpecError> {
     let specs = PolicySpec::parse_list(text, |name| lookup(name).is_some())?;
     for spec in &specs {
-        build(spec)?;
+        match build(spec) {
+            Err(SpecError::NeedsTrace { .. }) | Ok(_) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(specs)
+}
+
+/// Whether `name` is an offline policy: one that front-ends build from the whole trace.
+pub fn is_offline(name: &str) -> bool {
+    OFFLINE.iter().any(|p| p.name == name)
 }
 
 #[cfg(test)]
@@ -103,6 +112,19 @@ mod tests {
                 }
             );
             assert!(e.to_string().contains("needs the whole trace"), "{e}");
+            assert!(is_offline(p.name));
         }
+        assert!(REGISTRY.iter().all(|p| !is_offline(p.name)));
+    }
+
+    #[test]
+    fn lists_accept_offline_policies_but_check_their_options() {
+        let specs = parse_list("coalesce,oracle").unwrap();
+        assert_eq!(specs[1], PolicySpec::named("oracle"));
+        let e = parse_list("oracle:frob:1").unwrap_err();
+        assert!(
+            matches!(&e, SpecError::UnknownOption { policy, key, .. } if policy == "oracle" && key == "frob"),
+            "{e}"
+        );
     }
 }

@@ -69,12 +69,31 @@ impl<B: Backend> PoolCore<B> {
     pub fn new(backend: B, config: PoolConfig) -> Result<Self, PoolError> {
         Self::from_box(Box::new(backend), config)
     }
+
+    /// A core over `backend` with a policy built by the caller (an offline policy such as the
+    /// oracle, built from its trace) and the options of `config`; `config.policy` only names
+    /// it in stats and reports.
+    pub fn with_policy(
+        backend: B,
+        policy: Box<dyn Policy>,
+        config: PoolConfig,
+    ) -> Result<Self, PoolError> {
+        Self::assemble(Box::new(backend), policy, config)
+    }
 }
 
 impl<B: ?Sized + Backend + AsDynBackend> PoolCore<B> {
     /// A core over a boxed backend (`Box<dyn Backend>` for a backend chosen at run time).
-    pub fn from_box(mut backend: Box<B>, config: PoolConfig) -> Result<Self, PoolError> {
+    pub fn from_box(backend: Box<B>, config: PoolConfig) -> Result<Self, PoolError> {
         let policy = policy::build(&config.policy)?;
+        Self::assemble(backend, policy, config)
+    }
+
+    fn assemble(
+        mut backend: Box<B>,
+        policy: Box<dyn Policy>,
+        config: PoolConfig,
+    ) -> Result<Self, PoolError> {
         let limit = config
             .memory_limit
             .map(|l| l.resolve(backend.as_dyn().total_memory()))

@@ -3,7 +3,9 @@
 //! Per trace and policy: reserved memory against the trace's peak, driver calls per 1000
 //! allocations, estimated driver time (calls and bytes times the [`CostTable`]), and the
 //! allocator's CPU cost per operation with its ratio to `torch-native` measured in the same
-//! run. Then, for the `coalesce` policy, whether each of its goals holds on each trace.
+//! run, and (unless `--no-oracle`) its gap to the trace's offline oracle: peak reserved over
+//! the oracle's placement and over the bound (see [`crate::replay::Gap`]), with the `oracle`
+//! row itself. Then, for the `coalesce` policy, whether each of its goals holds on each trace.
 
 pub mod costs;
 pub mod report;
@@ -66,14 +68,16 @@ pub fn default_traces(seeds: u64) -> Result<Vec<Trace>, String> {
     Ok(traces)
 }
 
-/// Replays every trace under every policy and derives the bench rows.
+/// Replays every trace under every policy and derives the bench rows; with `with_oracle`,
+/// each row carries its gap to the trace's oracle (see [`ReplayResult::gap`]).
 pub fn run(
     traces: &[Trace],
     specs: &[PolicySpec],
     config: &ReplayConfig,
     costs: &CostTable,
+    with_oracle: bool,
 ) -> Result<Vec<BenchRow>, ReplayError> {
-    let results = replay::replay_all(traces, specs, config)?;
+    let results = replay::replay_all_with_oracle(traces, specs, config, with_oracle)?;
     Ok(rows(results, costs))
 }
 

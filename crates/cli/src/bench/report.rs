@@ -1,6 +1,7 @@
 //! Rendering the bench: one table of every trace and policy, one of the goals, and JSON lines.
 
 use super::{BenchRow, CPU_GOAL_NS, CPU_PEER, DRIVER_PEER, Goals, RATIO_GOAL, SUBJECT};
+use crate::report::table::gap;
 use crate::units::nanos;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
@@ -18,30 +19,45 @@ fn millis(us: f64) -> String {
     }
 }
 
-/// Every trace and policy.
+/// Every trace and policy; "vs oracle" and "vs bound" are the peak reserved over the oracle's
+/// placement and over the bound that holds for the policy (left out without the oracle).
 pub fn table(rows: &[BenchRow]) -> Table {
+    let gaps = rows.iter().any(|r| r.result.oracle.is_some());
+    // Drops the gap columns (3 and 4) when no row has the oracle's figures.
+    let shown = |mut row: Vec<Cell>| {
+        if !gaps {
+            row.drain(3..5);
+        }
+        row
+    };
     let mut t = Table::new();
     let vs = format!("CPU vs {CPU_PEER}");
-    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+    let header = [
         "trace",
         "policy",
         "reserved / requested",
+        "vs oracle",
+        "vs bound",
         "driver calls per 1000 allocs",
         "est. driver time",
         "CPU per op",
         vs.as_str(),
-    ]);
+    ];
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_header(shown(header.map(Cell::new).to_vec()));
     for r in rows {
         let res = &r.result;
-        t.add_row(vec![
+        t.add_row(shown(vec![
             Cell::new(&res.trace),
             Cell::new(&res.policy),
             right(format!("{:.3}x", res.reserved_ratio())),
+            right(gap(res, |g| g.vs_oracle)),
+            right(gap(res, |g| g.vs_bound)),
             right(format!("{:.1}", r.calls_per_1000_allocs())),
             right(millis(r.est_driver_us)),
             right(nanos(res.ns_per_op)),
             right(r.cpu_vs_peer.map_or("—".into(), |v| format!("{v:.2}x"))),
-        ]);
+        ]));
     }
     t
 }
@@ -101,9 +117,11 @@ pub fn goals_heading() -> String {
     format!("Goals of `{SUBJECT}` per trace (peers measured in this run):")
 }
 
-/// One JSON object per trace and policy.
+/// One JSON object per trace and policy; the oracle's fields are those of `coalesce replay
+/// --json` (null without the oracle).
 pub fn json_line(r: &BenchRow) -> String {
     let res = &r.result;
+    let gap = res.gap();
     let calls: Map<String, Value> = res
         .driver_calls
         .iter()
@@ -117,6 +135,11 @@ pub fn json_line(r: &BenchRow) -> String {
         "peak_requested_bytes": res.peak_requested_bytes,
         "peak_reserved_bytes": res.peak_reserved_bytes,
         "reserved_ratio": res.reserved_ratio(),
+        "oracle_bound_bytes": res.oracle.map(|f| f.bound_bytes),
+        "oracle_placement_bytes": res.oracle.map(|f| f.placement_bytes),
+        "bound_bytes": gap.map(|g| g.bound_bytes),
+        "vs_oracle": gap.map(|g| g.vs_oracle),
+        "vs_bound": gap.map(|g| g.vs_bound),
         "driver_calls": calls,
         "driver_calls_per_1000_allocs": r.calls_per_1000_allocs(),
         "est_driver_us": r.est_driver_us,

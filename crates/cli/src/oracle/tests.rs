@@ -1,11 +1,12 @@
-//! The oracle against every policy on the synthetic generators, and its figures for the record.
+//! The oracle's policy replayed directly on the generators, and its figures for the record.
+//! Every policy against the bound, through the pool, is in `bound_tests.rs`.
 
 use super::*;
 use crate::replay::{self, ReplayConfig};
 use coalesce_backend::sim::{SimConfig, SimDevice};
 use coalesce_backend::{Backend, DriverCall, StreamId};
 use coalesce_policy::oracle::check_plan;
-use coalesce_policy::{Policy, PolicySpec, REGISTRY, build};
+use coalesce_policy::{Policy, PolicySpec};
 use coalesce_trace::synth::GENERATORS;
 
 /// Replays `trace` under `policy` on a simulated device, as the replay engine does with no
@@ -37,46 +38,6 @@ fn synthetic(seed: u64) -> Vec<Trace> {
         .iter()
         .map(|g| replay::synth_trace(&format!("{}@{seed}", g.name)).unwrap())
         .collect()
-}
-
-#[test]
-fn no_policy_reserves_less_than_the_bound_on_the_generators() {
-    no_policy_below_the_bound(synthetic(1));
-}
-
-/// `cargo test -p coalesce-cli --release -- --ignored on_the_bundled_traces`
-#[test]
-#[ignore = "slow: every policy over every bundled trace (run with --release)"]
-fn no_policy_reserves_less_than_the_bound_on_the_bundled_traces() {
-    no_policy_below_the_bound(replay::load_traces(&replay::bundled_traces().unwrap()).unwrap());
-}
-
-/// Replays every registered policy over each trace and checks its peak reservation against
-/// the bound of the model it allocates in.
-fn no_policy_below_the_bound(traces: Vec<Trace>) {
-    for trace in traces {
-        let input = oracle_input(&trace);
-        let vmm = lower_bound(&input, &OracleConfig::default()).bytes;
-        let bytes = OracleConfig {
-            granule: 1,
-            align: 1,
-        };
-        // Classic allocations are charged by the byte: the bound with 1-byte granules.
-        let classic = lower_bound(&input, &bytes).bytes;
-        assert_eq!(classic, trace.stats.peak_requested_bytes);
-        assert!(vmm >= classic);
-        for info in REGISTRY {
-            let mut policy = build(&PolicySpec::named(info.name)).unwrap();
-            let (reserved, uses_classic) = replay_direct(&trace, policy.as_mut());
-            let bound = if uses_classic { classic } else { vmm };
-            assert!(
-                reserved >= bound,
-                "{} on {}: reserved {reserved} < bound {bound}",
-                info.name,
-                trace.name
-            );
-        }
-    }
 }
 
 #[test]

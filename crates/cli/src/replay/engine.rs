@@ -10,9 +10,11 @@
 //!   Parsing happened before; building and dropping the pool are outside the timed region.
 
 use super::series::Series;
+use crate::oracle::TraceOracle;
 use coalesce_backend::sim::{SimConfig, SimDevice};
 use coalesce_backend::{Backend, DevAddr, DriverCalls, StreamId};
-use coalesce_policy::PolicySpec;
+use coalesce_policy::oracle::{Figures, INFO as ORACLE};
+use coalesce_policy::{Policy, PolicySpec};
 use coalesce_pool::replay::{self as pool_replay, Hooks};
 use coalesce_pool::{PoolConfig, PoolCore, PoolError};
 use coalesce_trace::{Op, Trace};
@@ -54,6 +56,8 @@ pub struct ReplayResult {
     /// Wall-clock seconds of the measured pass.
     pub wall_s: f64,
     pub series: Series,
+    /// The oracle's figures for the trace, when they were computed.
+    pub oracle: Option<Figures>,
 }
 
 impl ReplayResult {
@@ -77,16 +81,31 @@ pub struct ReplayError {
 }
 
 /// Replays `trace` under `spec`: one measured pass, then `repeats` timed passes.
-/// `progress` is called with the number of ops done since its last call.
+/// `progress` is called with the number of ops done since its last call. The offline `oracle`
+/// policy needs the trace's oracle: see [`replay_with_oracle`].
 pub fn replay(
     trace: &Trace,
     spec: &PolicySpec,
     config: &ReplayConfig,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ReplayResult, ReplayError> {
-    let mut result = measured_pass(trace, spec, config, progress)?;
+    replay_with_oracle(trace, spec, config, None, progress)
+}
+
+/// [`replay`], with the trace's oracle (computed once per trace, see [`TraceOracle`]): the
+/// result carries its figures, and `spec` may be the `oracle` policy, which replays the
+/// oracle's plan through the same pool loop.
+pub fn replay_with_oracle(
+    trace: &Trace,
+    spec: &PolicySpec,
+    config: &ReplayConfig,
+    oracle: Option<&TraceOracle>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ReplayResult, ReplayError> {
+    let mut result = measured_pass(trace, spec, config, oracle, progress)?;
+    result.oracle = oracle.map(|o| o.figures);
     for _ in 0..config.repeats.max(1) {
-        let ns = timed_pass(trace, spec, config)?;
+        let ns = timed_pass(trace, spec, config, oracle)?;
         result.ns_per_op_runs.push(ns);
         progress(trace.ops.len() as u64);
     }
@@ -159,6 +178,7 @@ fn pass<const MEASURE: bool>(
     trace: &Trace,
     spec: &PolicySpec,
     config: &ReplayConfig,
+    oracle: Option<&TraceOracle>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Pass, ReplayError> {
     // Timed passes skip the simulator's rule checks: its bookkeeping is not the allocator's
@@ -177,7 +197,7 @@ fn pass<const MEASURE: bool>(
         op,
         source,
     };
-    let mut pool = PoolCore::new(dev, pool_config).map_err(|e| error(0, Box::new(e)))?;
+    let mut pool = new_pool(dev, spec, oracle, pool_config).map_err(|e| error(0, Box::new(e)))?;
     let series_len = if MEASURE { trace.ops.len() } else { 0 };
     let mut hooks = SimHooks::<MEASURE> {
         hazards: MEASURE && config.sim.stream_lag > 0,
@@ -201,13 +221,31 @@ fn pass<const MEASURE: bool>(
     })
 }
 
-fn measured_pass(
+/// A pool on `dev` with the policy of `spec`: from the registry, or for the `oracle`, a fresh
+/// replay of the trace's plan.
+fn new_pool(
+    dev: SimDevice,
+    spec: &PolicySpec,
+    oracle: Option<&TraceOracle>,
+    config: PoolConfig,
+) -> Result<PoolCore<SimDevice>, PoolError> {
+    match oracle {
+        Some(o) if spec.name == ORACLE.name => {
+            PoolCore::with_policy(dev, Box::new(o.policy()) as Box<dyn Policy>, config)
+        }
+        _ => PoolCore::new(dev, config),
+    }
+}
+
+/// The measured pass alone (tests that need the figures, not the timings).
+pub(crate) fn measured_pass(
     trace: &Trace,
     spec: &PolicySpec,
     config: &ReplayConfig,
+    oracle: Option<&TraceOracle>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ReplayResult, ReplayError> {
-    let p = pass::<true>(trace, spec, config, progress)?;
+    let p = pass::<true>(trace, spec, config, oracle, progress)?;
     let stats = p.pool.stats();
     Ok(ReplayResult {
         trace: trace.name.clone(),
@@ -226,12 +264,18 @@ fn measured_pass(
         ns_per_op_runs: vec![],
         wall_s: p.elapsed_ns / 1e9,
         series: p.series,
+        oracle: None,
     })
 }
 
 /// One uninstrumented pass; returns nanoseconds per op.
-fn timed_pass(trace: &Trace, spec: &PolicySpec, config: &ReplayConfig) -> Result<f64, ReplayError> {
-    let p = pass::<false>(trace, spec, config, &mut |_| {})?;
+fn timed_pass(
+    trace: &Trace,
+    spec: &PolicySpec,
+    config: &ReplayConfig,
+    oracle: Option<&TraceOracle>,
+) -> Result<f64, ReplayError> {
+    let p = pass::<false>(trace, spec, config, oracle, &mut |_| {})?;
     Ok(p.elapsed_ns / trace.ops.len().max(1) as f64)
 }
 

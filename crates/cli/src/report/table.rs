@@ -1,38 +1,55 @@
 //! The human table: one row per trace and policy, in human units, followed for the bundled
-//! traces by the figures measured on a real H100 (see [`anchors`](super::anchors)).
+//! traces by the figures measured on a real H100 (see [`anchors`](super::anchors)). Where the
+//! oracle was computed, each row's peak reserved is also shown over the oracle's placement
+//! ("vs oracle") and over the lower bound that holds for the policy ("vs bound", see
+//! [`Gap`]); without it, those two columns are left out.
 
 use super::anchors::{Measured, measured_for};
-use crate::replay::ReplayResult;
+use crate::replay::{Gap, ReplayResult};
 use crate::units::{bytes, nanos};
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
 
-const HEADER: [&str; 9] = [
+const HEADER: [&str; 11] = [
     "trace",
     "policy",
     "allocs",
     "peak requested",
     "peak reserved",
     "reserved / requested",
+    "vs oracle",
+    "vs bound",
     "driver calls",
     "CPU per op",
     "wall",
 ];
 
+/// Where the two gap columns are in [`HEADER`] and in every row.
+const GAP_COLUMNS: std::ops::Range<usize> = 6..8;
+
 /// Marks cells a measured row has no figure for.
 const NOT_MEASURED: &str = "—";
 
 pub fn replay_table(results: &[ReplayResult]) -> Table {
+    let gaps = results.iter().any(|r| r.oracle.is_some());
+    // Drops the gap columns when no result has the oracle's figures.
+    let shown = |mut row: Vec<Cell>| {
+        if !gaps {
+            row.drain(GAP_COLUMNS);
+        }
+        row
+    };
     let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED).set_header(HEADER);
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_header(shown(HEADER.map(Cell::new).to_vec()));
     for (i, r) in results.iter().enumerate() {
-        t.add_row(simulated_row(r));
+        t.add_row(shown(simulated_row(r)));
         let last_of_trace = results.get(i + 1).is_none_or(|n| n.trace != r.trace);
         if last_of_trace {
             let of_trace: Vec<&ReplayResult> =
                 results.iter().filter(|o| o.trace == r.trace).collect();
             for m in shown_measurements(&of_trace) {
-                t.add_row(measured_row(r, &m));
+                t.add_row(shown(measured_row(r, &m)));
             }
         }
     }
@@ -65,6 +82,8 @@ fn measured_row(r: &ReplayResult, m: &Measured) -> Vec<Cell> {
         right(bytes(m.peak_requested_bytes)),
         right(bytes(m.peak_reserved_bytes)),
         right(format!("{ratio:.3}x")),
+        right(NOT_MEASURED.into()),
+        right(NOT_MEASURED.into()),
         Cell::new(
             m.segments
                 .map_or(NOT_MEASURED.into(), |n| format!("cudaMalloc {n}")),
@@ -82,6 +101,8 @@ fn simulated_row(r: &ReplayResult) -> Vec<Cell> {
         right(bytes(r.peak_requested_bytes)),
         right(bytes(r.peak_reserved_bytes)),
         right(ratio(r)),
+        right(gap(r, |g| g.vs_oracle)),
+        right(gap(r, |g| g.vs_bound)),
         Cell::new(calls(r)),
         right(nanos(r.ns_per_op)),
         right(format!("{:.2} s", r.wall_s)),
@@ -98,6 +119,12 @@ fn ratio(r: &ReplayResult) -> String {
         s.push_str(&format!(" ({} OOM)", r.ooms));
     }
     s
+}
+
+/// One figure of the row's gap to the oracle, `—` where the oracle was not computed.
+pub fn gap(r: &ReplayResult, figure: fn(&Gap) -> f64) -> String {
+    r.gap()
+        .map_or(NOT_MEASURED.into(), |g| format!("{:.4}x", figure(&g)))
 }
 
 /// Non-zero call kinds, one per line.
@@ -140,6 +167,7 @@ mod tests {
             ns_per_op_runs: vec![100.0],
             wall_s: 0.1,
             series: Series::new(1, 1),
+            oracle: None,
         }
     }
 
@@ -166,5 +194,38 @@ mod tests {
             !text.contains("torch-expandable"),
             "its model was not replayed"
         );
+    }
+
+    #[test]
+    fn gaps_show_beside_the_ratio_or_a_dash_without_the_oracle() {
+        let mut with = result("t", "coalesce", 10, 20);
+        with.peak_reserved_bytes = 3 << 20;
+        with.oracle = Some(coalesce_policy::oracle::Figures {
+            peak_live_bytes: 1 << 20,
+            bound_bytes: 2 << 20,
+            placement_bytes: 2 << 20,
+        });
+        let without = result("u", "coalesce", 10, 20);
+        let text = replay_table(&[with, without.clone()]).to_string();
+        assert!(
+            text.contains("vs oracle") && text.contains("vs bound"),
+            "{text}"
+        );
+        // The trimmed cells of the row of trace `name`.
+        let cells = |text: &str, name: &str| -> Vec<String> {
+            let line = text
+                .lines()
+                .find(|l| l.contains(&format!(" {name} ")))
+                .unwrap_or_else(|| panic!("no row for {name}:\n{text}"));
+            line.split('┆').map(|c| c.trim().to_owned()).collect()
+        };
+        assert_eq!(cells(&text, "t")[6..8], ["1.5000x", "1.5000x"], "{text}");
+        assert_eq!(cells(&text, "u")[6..8], ["—", "—"], "{text}");
+        let text = replay_table(&[without]).to_string();
+        assert!(
+            !text.contains("vs oracle") && !text.contains("vs bound"),
+            "{text}"
+        );
+        assert_eq!(cells(&text, "u")[5..7], ["1.000x", "none"], "{text}");
     }
 }
