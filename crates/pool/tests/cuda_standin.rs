@@ -238,10 +238,10 @@ fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
                 Err(e) => out.errors.push(e.to_string()),
             }
         }
-        if op == OPS / 2 {
-            if let Err(e) = pool.empty_cache() {
-                out.errors.push(e.to_string());
-            }
+        if op == OPS / 2
+            && let Err(e) = pool.empty_cache()
+        {
+            out.errors.push(e.to_string());
         }
         // Every block after each error, and every 32 ops once the fault is armed.
         if op >= ARM && (op % 32 == 0 || out.errors.len() > errors_checked) {

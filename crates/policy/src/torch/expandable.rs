@@ -275,10 +275,9 @@ impl TorchCaching {
         size: u64,
     ) -> Result<Result<(), BackendError>, PolicyError> {
         let addr = self.blocks.get(to_map).addr;
-        let (_, mapped) = match {
-            let (seg, orphans) = self.segment_mut(to_map);
-            seg.map(dev, addr, size, orphans)?
-        } {
+        let (seg, orphans) = self.segment_mut(to_map);
+        let outcome = seg.map(dev, addr, size, orphans)?;
+        let (_, mapped) = match outcome {
             Ok(range) => range,
             Err(e) => return Ok(Err(e)),
         };
