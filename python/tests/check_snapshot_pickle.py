@@ -37,11 +37,33 @@ def check_pickle(data, live, reserved):
     print("pickle ok")
 
 
-def check_memory_viz(data):
+def load_memory_viz():
+    """``torch.cuda._memory_viz``: imported with torch where torch imports, else loaded from
+    torch's installed files (it needs only the standard library), so a torch installed without
+    its CUDA libraries (``pip install --no-deps torch``) serves too. None without torch."""
     try:
         from torch.cuda import _memory_viz as mv
-    except ImportError as e:
-        print(f"no torch: {e}")
+
+        return mv
+    except Exception as e:  # ImportError, or torch failing to load its CUDA libraries
+        reason = e
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        print(f"no torch: {reason}")
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "cuda", "_memory_viz.py")
+    viz = importlib.util.spec_from_file_location("torch_cuda_memory_viz", path)
+    mv = importlib.util.module_from_spec(viz)
+    viz.loader.exec_module(mv)
+    return mv
+
+
+def check_memory_viz(data):
+    mv = load_memory_viz()
+    if mv is None:
         return
     summary = mv.segsum(data)  # asserts allocated + free == reserved for every segment
     assert "total_reserved" in summary, summary

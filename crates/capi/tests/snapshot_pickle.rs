@@ -78,7 +78,13 @@ fn python_and_torchs_memory_viz_read_the_pickle() {
     let dir = scratch("snapshot-pickle-python");
     let path = dir.join("snapshot.pickle");
     write(&pool, &path);
-    let o = Command::new("python3")
+    let mut python = Command::new("python3");
+    // Where torch was installed for this check (CI: `pip install --no-deps torch` into a venv;
+    // its CUDA libraries are not needed, `_memory_viz` is pure Python).
+    if let Some(site) = std::env::var_os("COALESCE_TORCH_SITE") {
+        python.env("PYTHONPATH", site);
+    }
+    let o = python
         .arg(repo_root().join("python/tests/check_snapshot_pickle.py"))
         .arg(&path)
         .arg(live.len().to_string())
@@ -90,7 +96,8 @@ fn python_and_torchs_memory_viz_read_the_pickle() {
     assert!(stdout.contains("pickle ok"), "{}", text(&o));
     if !stdout.contains("memory_viz ok") {
         common::skip(&format!(
-            "torch is not installed, so torch.cuda._memory_viz was not run on the pickle ({})",
+            "torch is not installed (set COALESCE_TORCH_SITE to a site-packages holding it), so \
+             torch.cuda._memory_viz was not run on the pickle ({})",
             stdout.lines().find(|l| l.contains("torch")).unwrap_or("")
         ));
     }
