@@ -42,7 +42,17 @@ impl BfcClassic {
         while size < rounded {
             size = size.checked_mul(2).ok_or(PolicyError::TooLarge(rounded))?;
         }
-        let addr = dev.mem_alloc(size).map_err(|e| grow_error(rounded, e))?;
+        // Out of memory (or over a cap), back off as TensorFlow's BFC does: halve the region
+        // while it still holds the request.
+        let addr = loop {
+            match dev.mem_alloc(size) {
+                Ok(addr) => break addr,
+                Err(e) if e.is_out_of_memory() && size / 2 >= rounded.max(FIRST_REGION) => {
+                    size /= 2
+                }
+                Err(e) => return Err(grow_error(rounded, e)),
+            }
+        };
         self.bfc
             .add_region(addr, size)
             .map_err(|e| PolicyError::Backend(bad_region(e)))?;
