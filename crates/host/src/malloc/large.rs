@@ -1,7 +1,10 @@
-//! Large allocations (above the size classes, up to [`LARGE_MAX`]): one exact page-heap
-//! allocation each, rounded up to whole 8 KiB granules (not to a power of two: the buddy
-//! gives the unused tail back at once) and aligned to the next power of two of its size.
-//! Huge ones are mapped directly.
+//! Large allocations (above the size classes, 1 MiB, up to [`LARGE_MAX`]): one exact
+//! page-heap allocation each, rounded up to an eighth of the power of two below the size
+//! (at most 12.5% more; not to a power of two: the buddy gives the unused tail back at once)
+//! and aligned to the next power of two of its size. The rounding makes freed blocks fit
+//! later requests of similar sizes, so the thread's large-block cache serves them.
+//! Huge ones (above [`LARGE_MAX`]) are mapped directly: at 64 MiB, touching the memory
+//! costs milliseconds of page faults, and the two system calls are noise against that.
 
 use super::arena::{self, GRANULE_ORDER, LARGE_TAG};
 use super::stats::STATS;
@@ -16,8 +19,10 @@ pub const LARGE_MAX: usize = 64 << 20;
 /// alignment above the size's own power of two takes a whole block of `align` bytes.
 #[inline]
 pub(crate) fn bytes_for(size: usize, align: usize) -> Option<usize> {
-    let g = 1usize << GRANULE_ORDER;
-    let bytes = size.max(1).checked_next_multiple_of(g)?;
+    let size = size.max(1);
+    // An eighth of the power of two below `size`, at least one granule.
+    let step = (1usize << (usize::BITS - 1 - size.leading_zeros())) / 8;
+    let bytes = size.checked_next_multiple_of(step.max(1 << GRANULE_ORDER))?;
     let bytes = if align > bytes.next_power_of_two() {
         align
     } else {
@@ -29,7 +34,7 @@ pub(crate) fn bytes_for(size: usize, align: usize) -> Option<usize> {
 /// Allocates `bytes` (from [`bytes_for`]): a block the thread cached if it has one of this
 /// size, else from the page heap; null when the OS refuses memory.
 pub(crate) fn alloc(bytes: usize) -> *mut u8 {
-    if let Some(p) = thread_cache::take_large(bytes) {
+    if let Some((p, _)) = thread_cache::take_large(bytes) {
         return p;
     }
     let Some((a, addr)) = arena::alloc_block(bytes) else {
@@ -41,7 +46,7 @@ pub(crate) fn alloc(bytes: usize) -> *mut u8 {
     addr as *mut u8
 }
 
-/// Frees the large block at `p`: into the thread's large-block cache (up to 4 blocks, 8 MiB),
+/// Frees the large block at `p`: into the thread's large-block cache (up to 4 blocks, 32 MiB),
 /// which may evict another block to the page heap, or to the page heap directly.
 ///
 /// # Safety
