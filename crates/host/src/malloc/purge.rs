@@ -10,10 +10,15 @@
 //!    free granule that is dirty and not recent — memory that stayed free for a whole
 //!    interval, i.e. one to two seconds — then clears *recent*. Memory reused within a
 //!    second is never purged, so allocate/free churn never pays page faults.
-//! 2. **Amount**: when an arena's dirty free memory exceeds [`DIRTY_MIN`] and an eighth of
-//!    its memory in use, the old dirty granules are purged at once, then the recent ones if
-//!    that was not enough to get under half the limit (hysteresis: a sweep frees at least
-//!    half a limit, so sweeps stay rare).
+//! 2. **Amount**: when an arena's dirty free memory exceeds the largest of [`DIRTY_MIN`],
+//!    an eighth of its memory in use, and the *headroom* (the high-water mark of its memory
+//!    in use since the last age sweep minus the memory in use now), the old dirty granules
+//!    are purged at once, then the recent ones if that was not enough to get under half the
+//!    limit (hysteresis: a sweep frees at least half a limit, so sweeps stay rare). The
+//!    headroom term lets a program whose use swings (large buffers freed and allocated
+//!    again) keep its pages resident without its resident set ever exceeding the peak of
+//!    the last second or two by more than the other terms; rule 1 still returns whatever
+//!    stays free for a second.
 //!
 //! 3. **Fragments**: when a page-heap allocation had to take only clean (never used or
 //!    already purged) memory although at least [`FRAGMENT_MIN`] of dirty free memory exists,
@@ -43,6 +48,8 @@ pub(crate) struct PurgeState {
     /// Set bits of `dirty`.
     dirty_granules: usize,
     next_sweep_ms: u64,
+    /// Most bytes in use since the last age sweep (rule 2's headroom).
+    high_water: u64,
     /// Dirty granules left by the last rule-3 sweep.
     dirty_after_fragment_sweep: usize,
     /// Bytes returned to the OS by this arena, for statistics.
@@ -56,6 +63,7 @@ impl PurgeState {
             recent: [0; WORDS],
             dirty_granules: 0,
             next_sweep_ms: 0,
+            high_water: 0,
             dirty_after_fragment_sweep: 0,
             purged_bytes: 0,
         }
@@ -97,11 +105,15 @@ impl PurgeState {
     /// Applies both rules of the module docs.
     pub(crate) fn maybe_sweep<S: BuddyStorage>(&mut self, buddy: &Buddy<S>, arena_base: usize) {
         let now = os::now_ms();
+        let in_use = buddy.in_use_bytes();
         if now >= self.next_sweep_ms {
             self.sweep(buddy, arena_base, false);
             self.next_sweep_ms = now + PURGE_INTERVAL_MS;
+            self.high_water = in_use;
         }
-        let limit = DIRTY_MIN.max(buddy.in_use_bytes() as usize / 8);
+        self.high_water = self.high_water.max(in_use);
+        let headroom = (self.high_water - in_use) as usize;
+        let limit = DIRTY_MIN.max(in_use as usize / 8).max(headroom);
         if self.dirty_bytes() > limit as u64 {
             self.sweep(buddy, arena_base, false);
             if self.dirty_bytes() > (limit / 2) as u64 {

@@ -331,7 +331,7 @@ unsafe fn flush(tc: *mut ThreadCache) {
     for slot in &mut t.large {
         let (addr, bytes) = std::mem::take(slot);
         if addr != 0 {
-            super::large::free_to_heap(addr, bytes);
+            super::large::release(addr, bytes);
         }
     }
     t.large_bytes = 0;
