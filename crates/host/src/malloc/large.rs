@@ -54,7 +54,7 @@ pub(crate) fn alloc(bytes: usize) -> *mut u8 {
     addr as *mut u8
 }
 
-/// Frees the large block at `p`: into the thread's large-block cache (up to 4 blocks, 32 MiB),
+/// Frees the large block at `p`: into the thread's large-block cache (up to 4 blocks, 16 MiB),
 /// which may evict another block to the central span cache, or to that cache directly.
 ///
 /// # Safety

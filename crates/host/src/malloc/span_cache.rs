@@ -22,8 +22,8 @@ use crate::os::{self, Lock};
 
 /// Cached blocks at most.
 pub const SLOTS: usize = 32;
-/// Cached bytes at most (64 MiB).
-pub const CACHE_BYTES: usize = 64 << 20;
+/// Cached bytes at most (128 MiB).
+pub const CACHE_BYTES: usize = 128 << 20;
 /// Age after which a cached block goes back to the page heap.
 pub const DECAY_MS: u64 = 1000;
 /// A cached block serves requests down to `FIT_DEN / FIT_NUM` of its size.

@@ -63,7 +63,7 @@ struct List {
 
 /// Large blocks a thread keeps for reuse, and their byte budget (each block at most this).
 const LARGE_SLOTS: usize = 4;
-pub const LARGE_CACHE_BYTES: usize = 32 << 20;
+pub const LARGE_CACHE_BYTES: usize = 16 << 20;
 /// Bytes of medium objects a thread's lists may hold together; a free that goes above it
 /// gives batches back until the lists hold at most three quarters of it.
 pub const MEDIUM_CACHE_BYTES: usize = 4 << 20;
