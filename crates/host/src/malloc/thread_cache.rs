@@ -61,8 +61,10 @@ struct List {
     max: u32,
 }
 
-/// Large blocks a thread keeps for reuse, and their byte budget (each block at most this).
+/// Large blocks a thread keeps for reuse.
 const LARGE_SLOTS: usize = 4;
+/// Bytes of the large blocks a thread keeps together (so also the largest block it keeps);
+/// the rest goes to the central span cache.
 pub const LARGE_CACHE_BYTES: usize = 16 << 20;
 /// Bytes of medium objects a thread's lists may hold together; a free that goes above it
 /// gives batches back until the lists hold at most three quarters of it.
@@ -124,14 +126,13 @@ pub(crate) unsafe fn free(p: *mut u8, class: usize) {
         unsafe { (*n).next = l.head };
         l.head = n;
         l.len += 1;
+        // Every slow action is a tail call, so the small-object path needs no saved
+        // registers (a push and pop of three of them cost ~1 ns per free).
+        if class >= FIRST_MEDIUM {
+            return freed_medium(t, class);
+        }
         if l.len > l.max {
             release_batch(t, class);
-        }
-        if class >= FIRST_MEDIUM {
-            t.medium_bytes += CLASS_SIZE[class] as usize;
-            if t.medium_bytes > MEDIUM_CACHE_BYTES {
-                trim_medium(t, class);
-            }
         }
         return;
     }
@@ -224,6 +225,19 @@ fn release_batch(t: &mut ThreadCache, class: usize) {
     }
     // SAFETY: a list of `len` objects; we detach the first `n` of them.
     unsafe { central::give(class, detach(l, n)) };
+}
+
+/// Bookkeeping after a medium object was pushed on its list: the list limit and the
+/// medium byte budget.
+#[inline(never)]
+fn freed_medium(t: &mut ThreadCache, class: usize) {
+    if t.lists[class].len > t.lists[class].max {
+        release_batch(t, class);
+    }
+    t.medium_bytes += CLASS_SIZE[class] as usize;
+    if t.medium_bytes > MEDIUM_CACHE_BYTES {
+        trim_medium(t, class);
+    }
 }
 
 /// The medium lists hold more than [`MEDIUM_CACHE_BYTES`]: gives batches back, first from
