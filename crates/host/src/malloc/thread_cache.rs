@@ -129,7 +129,11 @@ pub(crate) unsafe fn free(p: *mut u8, class: usize) {
         // Every slow action is a tail call, so the small-object path needs no saved
         // registers (a push and pop of three of them cost ~1 ns per free).
         if class >= FIRST_MEDIUM {
-            return freed_medium(t, class);
+            t.medium_bytes += CLASS_SIZE[class] as usize;
+            if t.medium_bytes > MEDIUM_CACHE_BYTES || t.lists[class].len > t.lists[class].max {
+                return freed_medium(t, class);
+            }
+            return;
         }
         if l.len > l.max {
             release_batch(t, class);
@@ -227,14 +231,13 @@ fn release_batch(t: &mut ThreadCache, class: usize) {
     unsafe { central::give(class, detach(l, n)) };
 }
 
-/// Bookkeeping after a medium object was pushed on its list: the list limit and the
-/// medium byte budget.
-#[inline(never)]
+/// A medium object was pushed on its list (and counted in `medium_bytes`), and the list
+/// is past its limit or the medium lists past their byte budget.
+#[cold]
 fn freed_medium(t: &mut ThreadCache, class: usize) {
     if t.lists[class].len > t.lists[class].max {
         release_batch(t, class);
     }
-    t.medium_bytes += CLASS_SIZE[class] as usize;
     if t.medium_bytes > MEDIUM_CACHE_BYTES {
         trim_medium(t, class);
     }
