@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the host allocator benchmark, from a fresh clone:
-#   scripts/bench-host.sh [--repeats N] [--scale F] [--workloads a,b,c,d]
+#   scripts/bench-host.sh [--quick] [--repeats N] [--scale F] [--workloads a,t,b,c,d,e,f] [--threads 1,2,4,8]
 # Installs the peer allocators (Debian's libjemalloc2, libmimalloc2.0, libtcmalloc-minimal4)
 # if they are missing, builds the coalesce preload library and the benchmark in release mode,
 # and prints the report (markdown) on stdout; progress goes to stderr.

@@ -143,19 +143,29 @@ enum BenchTarget {
 #[derive(Args)]
 struct HostBenchArgs {
     /// Runs per workload and allocator (allocator order rotated per repeat); medians are
-    /// reported.
-    #[arg(long, default_value_t = 5)]
-    repeats: usize,
-    /// Multiplies every workload's operation count (1.0 is the run documented in
-    /// docs/host.md).
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// Workloads to run: a = malloc/free pairs of each size 4 B..4 MiB, b = producer/consumer
-    /// threads (cross-thread frees), c = larson (random sizes, objects handed between threads),
-    /// d = fragmentation (peak RSS after freeing most of a mixed heap).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d",
-          value_parser = ["a", "b", "c", "d"])]
+    /// reported. Default 5 (3 with --quick).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Multiplies every workload's duration or operation count (1.0 is the run documented in
+    /// docs/host.md). Default 1.0 (0.3 with --quick).
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Quick mode for a loaded or small machine: 3 repeats at scale 0.3 unless --repeats or
+    /// --scale say otherwise (a few minutes on 2 cores instead of about half an hour).
+    #[arg(long)]
+    quick: bool,
+    /// Workloads to run: a = malloc+free pairs without touching the memory (the allocator's
+    /// own cost), t = the same pairs writing every byte (both for sizes 8 B..64 MiB at each
+    /// --threads count), b = producer/consumer at mixed sizes (every free remote; 2, 4, 8
+    /// threads), c = larson server (random sizes and lifetimes, 8 threads), d = fragmentation
+    /// (peak RSS after freeing most of a mixed heap), e = cache-scratch (false sharing),
+    /// f = large blocks (64 KiB..32 MiB, random).
+    #[arg(long, value_delimiter = ',', default_value = "a,t,b,c,d,e,f",
+          value_parser = ["a", "t", "b", "c", "d", "e", "f"])]
     workloads: Vec<String>,
+    /// Thread counts of the size-by-thread grids (workloads a and t).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    threads: Vec<usize>,
     /// Internal: the benchmark re-runs this executable as `coalesce bench host workload ...`
     /// for each measurement.
     #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -168,14 +178,26 @@ impl HostBenchArgs {
         if !self.child.is_empty() {
             return self.child.clone();
         }
-        vec![
-            "--repeats".into(),
-            self.repeats.to_string(),
-            "--scale".into(),
-            self.scale.to_string(),
+        let mut v = vec![
             "--workloads".into(),
             self.workloads.join(","),
-        ]
+            "--threads".into(),
+            self.threads
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ];
+        if self.quick {
+            v.push("--quick".into());
+        }
+        if let Some(r) = self.repeats {
+            v.extend(["--repeats".into(), r.to_string()]);
+        }
+        if let Some(s) = self.scale {
+            v.extend(["--scale".into(), s.to_string()]);
+        }
+        v
     }
 }
 

@@ -14,8 +14,10 @@ pub struct Options {
     pub repeats: usize,
     /// Multiplies every workload's operation count (1.0 = the documented run).
     pub scale: f64,
-    /// Which of a, b, c, d to run.
+    /// Which of a, t, b, c, d, e, f to run (see [`WORKLOADS`]).
     pub workloads: Vec<char>,
+    /// Thread counts of the size-by-thread grids (a, t).
+    pub threads: Vec<usize>,
     /// Arguments that make the current executable run [`crate::main`] (see there); children
     /// are started as `current_exe child_prefix.. workload ...`.
     pub child_prefix: Vec<String>,
@@ -26,44 +28,93 @@ impl Default for Options {
         Options {
             repeats: 5,
             scale: 1.0,
-            workloads: vec!['a', 'b', 'c', 'd'],
+            workloads: WORKLOADS.iter().map(|w| w.0).collect(),
+            threads: vec![1, 2, 4, 8],
             child_prefix: vec![],
         }
     }
 }
 
+/// The workloads: letter and what it measures (the `--help` text).
+pub const WORKLOADS: [(char, &str); 7] = [
+    (
+        'a',
+        "malloc+free pairs, memory not touched (the allocator's own cost), sizes 2^3..2^26 x threads",
+    ),
+    (
+        't',
+        "malloc+write every byte+free pairs (touched), sizes 2^3..2^26 x threads",
+    ),
+    (
+        'b',
+        "producer/consumer, mixed sizes 16 B..256 KiB, every free remote, 2/4/8 threads",
+    ),
+    (
+        'c',
+        "larson server, random sizes 16 B..64 KiB and lifetimes, 8 threads",
+    ),
+    (
+        'd',
+        "fragmentation: phases of different sizes, 90% freed; peak RSS compared",
+    ),
+    ('e', "cache-scratch (passive false sharing), 4 threads"),
+    (
+        'f',
+        "large blocks, random 64 KiB..32 MiB, every page written, 2 threads",
+    ),
+];
+
+const USAGE: &str = "coalesce-host-bench [--repeats N (5)] [--scale F (1.0)] [--quick] \
+[--workloads a,t,b,c,d,e,f] [--threads 1,2,4,8]
+  --quick   3 repeats at scale 0.3 unless --repeats/--scale are given (a few minutes)";
+
 impl Options {
-    /// Parses `--repeats N`, `--scale F`, `--workloads a,b,c,d`.
+    /// Parses `--repeats N`, `--scale F`, `--quick`, `--workloads a,t,...`, `--threads 1,2,..`.
     pub fn parse(args: &[String]) -> Result<Options> {
         let mut o = Options::default();
+        let (mut quick, mut repeats, mut scale) = (false, None, None);
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut val = || it.next().with_context(|| format!("{a} needs a value"));
             match a.as_str() {
-                "--repeats" => o.repeats = val()?.parse().context("--repeats")?,
-                "--scale" => o.scale = val()?.parse().context("--scale")?,
+                "--repeats" => repeats = Some(val()?.parse().context("--repeats")?),
+                "--scale" => scale = Some(val()?.parse().context("--scale")?),
+                "--quick" => quick = true,
                 "--workloads" => {
                     o.workloads = Vec::new();
                     for w in val()?.split(',') {
-                        match w {
-                            "a" | "b" | "c" | "d" => o.workloads.extend(w.chars()),
-                            other => {
-                                bail!("--workloads: unknown workload {other:?} (a, b, c or d)")
-                            }
+                        match WORKLOADS
+                            .iter()
+                            .find(|k| w.len() == 1 && w.starts_with(k.0))
+                        {
+                            Some(k) => o.workloads.push(k.0),
+                            None => bail!("--workloads: unknown workload {w:?} (a,t,b,c,d,e,f)"),
                         }
                     }
                 }
+                "--threads" => {
+                    o.threads = val()?
+                        .split(',')
+                        .map(|t| t.parse().context("--threads"))
+                        .collect::<Result<_>>()?;
+                }
                 "-h" | "--help" => {
-                    println!(
-                        "coalesce-host-bench [--repeats N (5)] [--scale F (1.0)] [--workloads a,b,c,d]"
-                    );
+                    println!("{USAGE}");
+                    for (k, what) in WORKLOADS {
+                        println!("  {k}: {what}");
+                    }
                     std::process::exit(0);
                 }
                 other => bail!("unknown option {other}"),
             }
         }
+        o.repeats = repeats.unwrap_or(if quick { 3 } else { o.repeats });
+        o.scale = scale.unwrap_or(if quick { 0.3 } else { o.scale });
         if o.repeats == 0 {
             bail!("--repeats must be at least 1");
+        }
+        if o.threads.is_empty() || o.threads.contains(&0) {
+            bail!("--threads: counts of at least 1");
         }
         Ok(o)
     }
@@ -219,21 +270,40 @@ fn job(label: &str, workload: &'static str, threads: usize) -> Job {
     }
 }
 
+/// Size exponents of the grids: 8 B .. 64 MiB.
+const SIZE_EXPS: std::ops::RangeInclusive<u32> = 3..=26;
+
 fn jobs(o: &Options) -> Vec<Job> {
     let mut j = vec![];
     for &w in &o.workloads {
         match w {
-            'a' => {
-                for t in [1, 2, 4, 8] {
-                    j.extend((2..=22).map(|k| Job {
+            'a' | 't' => {
+                let (name, workload) = if w == 'a' {
+                    ("a own", "own")
+                } else {
+                    ("t touched", "pairs")
+                };
+                for &t in &o.threads {
+                    j.extend(SIZE_EXPS.map(|k| Job {
                         size_exp: Some(k),
-                        ..job(&format!("a t={t}"), "pairs", t)
+                        ..job(&format!("{name} t={t}"), workload, t)
                     }));
                 }
             }
-            'b' => j.push(job("b prodcons 2x2", "prodcons", 2)),
+            // `prodcons N` runs N producer/consumer pairs: 2N threads.
+            'b' => {
+                for pairs in [1, 2, 4] {
+                    j.push(job(
+                        &format!("b prodcons t={}", 2 * pairs),
+                        "prodcons",
+                        pairs,
+                    ));
+                }
+            }
             'c' => j.push(job("c larson t=8", "larson", 8)),
             'd' => j.push(job("d fragmentation", "frag", 1)),
+            'e' => j.push(job("e cache-scratch t=4", "scratch", 4)),
+            'f' => j.push(job("f large t=2", "large", 2)),
             _ => {}
         }
     }
@@ -301,44 +371,34 @@ pub fn run(o: &Options) -> Result<()> {
     Ok(())
 }
 
-fn best_peer(names: &[&str], row: &BTreeMap<&str, f64>) -> Option<(&'static str, f64)> {
+fn best_peer<'a>(names: &[&'a str], row: &BTreeMap<&str, f64>) -> Option<(&'a str, f64)> {
     names
         .iter()
         .filter(|n| **n != "coalesce")
         .filter_map(|n| row.get(n).map(|v| (*n, *v)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(n, v)| {
-            (
-                PEER_NAMES
-                    .iter()
-                    .find(|p| **p == n)
-                    .copied()
-                    .unwrap_or("glibc"),
-                v,
-            )
-        })
 }
 
-const PEER_NAMES: [&str; 4] = ["glibc", "jemalloc", "mimalloc", "tcmalloc"];
+type Rows<'a> = [(String, BTreeMap<&'a str, f64>)];
 
-fn print_report(
-    names: &[&str],
-    mut rows: Vec<(String, BTreeMap<&str, f64>)>,
-    rss: &BTreeMap<(String, &str), Vec<f64>>,
-) {
-    rows.sort_by_key(|(label, _)| sort_key(label));
-    println!("## Time per operation (ns, median)\n");
-    print!("| workload |");
+/// Prints one markdown table of `rows` (label, allocator -> value) with ratios to glibc and
+/// to the best peer.
+fn print_table(title: &str, unit: &str, names: &[&str], rows: &Rows) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("## {title} ({unit}, median)\n");
+    print!("| row |");
     for n in names {
         print!(" {n} |");
     }
     println!(" coalesce / glibc | coalesce / best peer (peer) |");
     println!("|---|{}---|---|", "---:|".repeat(names.len()));
-    let mut slower_than_glibc = vec![];
-    for (label, row) in &rows {
+    for (label, row) in rows {
         print!("| {label} |");
         for n in names {
             match row.get(n) {
+                Some(v) if *v >= 1e4 => print!(" {v:.0} |"),
                 Some(v) => print!(" {v:.1} |"),
                 None => print!(" - |"),
             }
@@ -347,72 +407,156 @@ fn print_report(
         let glibc = row.get("glibc").copied().unwrap_or(f64::NAN);
         let (peer, best) = best_peer(names, row).unwrap_or(("-", f64::NAN));
         println!(" {:.2} | {:.2} ({peer}) |", ours / glibc, ours / best);
-        if ours > glibc {
-            slower_than_glibc.push(format!("{label} ({:.2}x)", ours / glibc));
-        }
-    }
-    println!("\n## Geometric mean of the times above (ns)\n");
-    println!("| allocator | geomean | coalesce / this |");
-    println!("|---|---:|---:|");
-    let geo = |n: &str| {
-        let logs: Vec<f64> = rows
-            .iter()
-            .filter_map(|(_, r)| r.get(n))
-            .map(|v| v.ln())
-            .collect();
-        (logs.iter().sum::<f64>() / logs.len() as f64).exp()
-    };
-    let ours = geo("coalesce");
-    for n in names {
-        println!("| {n} | {:.1} | {:.3} |", geo(n), ours / geo(n));
-    }
-    println!("\n## Peak RSS (MiB, median)\n");
-    print!("| workload |");
-    for n in names {
-        print!(" {n} |");
-    }
-    println!(" coalesce / jemalloc |");
-    println!("|---|{}---:|", "---:|".repeat(names.len()));
-    let mut labels: Vec<&String> = rss.keys().map(|(l, _)| l).collect();
-    labels.dedup();
-    for label in labels {
-        print!("| {label} |");
-        let get = |n: &str| {
-            rss.get(&(label.clone(), n))
-                .map(|v| median(v.clone()) / (1u64 << 20) as f64)
-        };
-        for n in names {
-            match get(n) {
-                Some(v) => print!(" {v:.1} |"),
-                None => print!(" - |"),
-            }
-        }
-        match (get("coalesce"), get("jemalloc")) {
-            (Some(c), Some(j)) => println!(" {:.2} |", c / j),
-            _ => println!(" - |"),
-        }
     }
     println!();
-    if slower_than_glibc.is_empty() {
-        println!("coalesce is not slower than glibc on any row.");
+}
+
+fn geomean(rows: &Rows, n: &str) -> f64 {
+    let logs: Vec<f64> = rows
+        .iter()
+        .filter_map(|(_, r)| r.get(n))
+        .map(|v| v.ln())
+        .collect();
+    (logs.iter().sum::<f64>() / logs.len() as f64).exp()
+}
+
+fn print_report(
+    names: &[&str],
+    mut rows: Vec<(String, BTreeMap<&str, f64>)>,
+    rss: &BTreeMap<(String, &str), Vec<f64>>,
+) {
+    rows.sort_by_key(|(label, _)| sort_key(label));
+    let part = |w: char| -> Vec<_> {
+        rows.iter()
+            .filter(|(l, _)| l.starts_with(w))
+            .cloned()
+            .collect()
+    };
+    let (own, touched) = (part('a'), part('t'));
+    let work: Vec<_> = rows
+        .iter()
+        .filter(|(l, _)| !l.starts_with('a') && !l.starts_with('t'))
+        .cloned()
+        .collect();
+    print_table(
+        "a: allocator's own cost, malloc+free pair, memory not touched",
+        "ns per pair",
+        names,
+        &own,
+    );
+    print_table(
+        "t: malloc + write every byte + free",
+        "ns per pair",
+        names,
+        &touched,
+    );
+    print_table("Workloads b-f", "ns per operation", names, &work);
+
+    println!("## Geometric means (ns)\n");
+    println!(
+        "| allocator | a own cost | coalesce / this | t touched | coalesce / this | workloads | coalesce / this |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for n in names {
+        print!("| {n} |");
+        for part in [&own, &touched, &work] {
+            if part.is_empty() {
+                print!(" - | - |");
+            } else {
+                let g = geomean(part, n);
+                print!(" {g:.1} | {:.3} |", geomean(part, "coalesce") / g);
+            }
+        }
+        println!();
+    }
+
+    let mut labels: Vec<&String> = rss.keys().map(|(l, _)| l).collect();
+    labels.dedup();
+    labels.sort_by_key(|l| sort_key(l));
+    let rss_of = |label: &String, n: &str| {
+        rss.get(&(label.clone(), n))
+            .map(|v| median(v.clone()) / (1u64 << 20) as f64)
+    };
+    if !labels.is_empty() {
+        println!("\n## Peak RSS of the workloads (MiB, median)\n");
+        print!("| workload |");
+        for n in names {
+            print!(" {n} |");
+        }
+        println!(" coalesce / glibc |");
+        println!("|---|{}---:|", "---:|".repeat(names.len()));
+        for &label in &labels {
+            print!("| {label} |");
+            for n in names {
+                match rss_of(label, n) {
+                    Some(v) => print!(" {v:.1} |"),
+                    None => print!(" - |"),
+                }
+            }
+            match (rss_of(label, "coalesce"), rss_of(label, "glibc")) {
+                (Some(c), Some(g)) => println!(" {:.2} |", c / g),
+                _ => println!(" - |"),
+            }
+        }
+    }
+
+    // The targets of docs/host.md, checked against this run.
+    println!("\n## Against the targets\n");
+    let ratio = |row: &BTreeMap<&str, f64>, n: &str| {
+        row.get("coalesce").copied().unwrap_or(f64::NAN) / row.get(n).copied().unwrap_or(f64::NAN)
+    };
+    let over: Vec<String> = own
+        .iter()
+        .chain(&touched)
+        .filter(|(_, r)| ratio(r, "glibc") > 1.05)
+        .map(|(l, r)| format!("{l} ({:.2}x)", ratio(r, "glibc")))
+        .collect();
+    let cells = own.len() + touched.len();
+    if over.is_empty() {
+        println!("- size x thread cells more than 5% slower than glibc: none of {cells}");
     } else {
         println!(
-            "coalesce is slower than glibc on: {}",
-            slower_than_glibc.join(", ")
+            "- size x thread cells more than 5% slower than glibc: {} of {cells}: {}",
+            over.len(),
+            over.join(", ")
         );
+    }
+    if !own.is_empty() {
+        let g = geomean(&own, "coalesce");
+        for peer in ["tcmalloc", "mimalloc"] {
+            if names.contains(&peer) {
+                println!(
+                    "- own-cost geometric mean vs {peer}: {:.3}x",
+                    g / geomean(&own, peer)
+                );
+            }
+        }
+    }
+    for (label, row) in &work {
+        let (peer, best) = best_peer(names, row).unwrap_or(("-", f64::NAN));
+        let time = row.get("coalesce").copied().unwrap_or(f64::NAN) / best;
+        let mem = match (rss_of(label, "coalesce"), rss_of(label, "glibc")) {
+            (Some(c), Some(g)) => format!("{:.2}x glibc", c / g),
+            _ => "-".into(),
+        };
+        println!("- {label}: time {time:.2}x best peer ({peer}), peak RSS {mem}");
     }
 }
 
-/// Orders rows: workload letter, thread count, then size exponent numerically.
-fn sort_key(label: &str) -> (String, usize, usize) {
-    let nums: Vec<usize> = label
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let head = label.chars().next().map(String::from).unwrap_or_default();
-    (
-        head,
-        nums.first().copied().unwrap_or(0),
-        nums.get(1).copied().unwrap_or(0),
-    )
+/// Orders rows: workload (in [`WORKLOADS`] order), thread count, then size exponent.
+fn sort_key(label: &str) -> (usize, usize, usize) {
+    let head = label.chars().next().unwrap_or(' ');
+    let w = WORKLOADS
+        .iter()
+        .position(|k| k.0 == head)
+        .unwrap_or(WORKLOADS.len());
+    let num_after = |tag: &str| {
+        label
+            .split(tag)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0)
+    };
+    (w, num_after("t="), num_after("2^"))
 }

@@ -28,12 +28,15 @@ fn run_workload(args: &[String]) -> anyhow::Result<()> {
     let threads: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let scale: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1.0);
     match name {
-        "pairs" => {
-            // An optional size exponent picks one row; default all, 2..=22.
+        "pairs" | "own" => {
+            // An optional size exponent picks one row; default all, 3..=26.
             let k: Option<u32> = args.get(3).and_then(|s| s.parse().ok());
-            workloads::pairs(threads, scale, k.map_or(2..=22, |k| k..=k))
+            let touch = name == "pairs";
+            workloads::pairs(threads, scale, k.map_or(3..=26, |k| k..=k), touch)
         }
         "prodcons" => workloads::prodcons(threads, scale),
+        "scratch" => workloads::scratch(threads, scale),
+        "large" => workloads::large(threads, scale),
         "larson" => workloads::larson(threads, scale),
         "frag" => workloads::fragmentation(scale),
         other => anyhow::bail!("unknown workload {other:?}"),

@@ -77,26 +77,75 @@ fn timed_threads(threads: usize, f: impl Fn(usize) + Sync) -> f64 {
 
 // ------------------------------------------------------------------ (a) malloc/touch/free
 
-/// (a) For each size 2^k, k in `sizes` (the benchmark runs one k per process): every thread
-/// runs malloc(size), writes every byte, free, in a loop. Prints `pair_<k> ns` = wall time
-/// per pair on one thread.
-pub fn pairs(threads: usize, scale: f64, sizes: std::ops::RangeInclusive<u32>) {
+/// Runs `f(thread_index, rng)` in chunks of `chunk` calls on `threads` threads released
+/// together, each thread until its own clock passed `budget`; returns the mean over threads
+/// of wall ns per call. A fixed time rather than a fixed count keeps a slow allocator's row
+/// (a 64 MiB malloc can cost microseconds) from taking minutes, without changing the figure.
+fn timed_per_call(
+    threads: usize,
+    budget: std::time::Duration,
+    chunk: usize,
+    f: impl Fn(usize, &mut Rng) + Sync,
+) -> f64 {
+    let barrier = Barrier::new(threads);
+    let per: Vec<f64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (f, barrier) = (&f, &barrier);
+                s.spawn(move || {
+                    let mut r = Rng::new(t as u64 + 1);
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut n = 0usize;
+                    loop {
+                        for _ in 0..chunk {
+                            f(t, &mut r);
+                        }
+                        n += chunk;
+                        if start.elapsed() >= budget {
+                            break;
+                        }
+                    }
+                    start.elapsed().as_secs_f64() * 1e9 / n as f64
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    per.iter().sum::<f64>() / per.len() as f64
+}
+
+/// (a, t) For each size 2^k, k in `sizes` (the benchmark runs one k per process): every
+/// thread runs malloc(size), [writes every byte when `touch`], free, in a loop, for
+/// `scale` x 40 ms (80 ms touched). Prints `pair_<k> ns` = wall time per pair on one thread.
+/// Without `touch` the figure is the allocator's own cost (no page faults, no memset); with
+/// it, what a program that uses its memory pays.
+pub fn pairs(threads: usize, scale: f64, sizes: std::ops::RangeInclusive<u32>, touch: bool) {
     for k in sizes {
         let size = 1usize << k;
-        // About 64 MiB touched per thread, at least 20k and at most 2M pairs.
-        let iters = ((((64usize << 20) / size).clamp(20_000, 2_000_000)) as f64 * scale).max(100.0)
-            as usize;
-        let secs = timed_threads(threads, |_| {
-            for _ in 0..iters {
-                let p = c_malloc(size);
+        let ms = if touch { 80.0 } else { 40.0 } * scale;
+        let budget = std::time::Duration::from_secs_f64(ms / 1e3);
+        // Clock reads every 256 calls at most, and at least every ~1 MiB touched.
+        let chunk = if touch { (1 << 20) / size } else { 256 };
+        let ns = timed_per_call(threads, budget, chunk.clamp(1, 256), |_, _| {
+            let p = c_malloc(size);
+            if touch {
                 // SAFETY: p is a fresh block of `size` bytes.
                 unsafe { p.write_bytes(0xA5, size) };
-                c_free(black_box(p));
             }
+            c_free(black_box(p));
         });
-        println!("pair_{k} {}", secs * 1e9 / iters as f64);
+        println!("pair_{k} {ns}");
     }
     println!("peak_rss {}", peak_rss());
+}
+
+/// A random size, log-uniform in `[lo, hi]` (as many 16..32 B blocks as 16..32 KiB ones):
+/// programs allocate many small and a few large blocks, and every size range matters.
+fn log_uniform(r: &mut Rng, lo: usize, hi: usize) -> usize {
+    let (a, b) = ((lo as f64).ln(), (hi as f64).ln());
+    let u = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    ((a + (b - a) * u).exp() as usize).clamp(lo, hi)
 }
 
 // ------------------------------------------------------------------ (b) producer/consumer
@@ -136,17 +185,18 @@ impl Ring {
 }
 
 /// (b) `pairs` producer threads each feed one consumer thread through a ring; producers
-/// malloc blocks of 16..=1024 bytes and write them, consumers read and free them, so every
-/// free is remote. Prints `ns` per block (wall time / blocks).
+/// malloc blocks of mixed sizes (log-uniform 16 B .. 256 KiB, so small, medium and the
+/// bottom of the large ones) and write their first word, consumers read and free them:
+/// every free is remote. Prints `ns` per block (wall time / blocks).
 pub fn prodcons(pairs: usize, scale: f64) {
-    let per = (2_000_000.0 * scale) as usize;
-    let rings: Vec<Ring> = (0..pairs).map(|_| Ring::new(4096)).collect();
+    let per = (1_000_000.0 * scale) as usize;
+    let rings: Vec<Ring> = (0..pairs).map(|_| Ring::new(256)).collect();
     let secs = timed_threads(2 * pairs, |t| {
         let ring = &rings[t / 2];
         if t % 2 == 0 {
             let mut r = Rng::new(t as u64 + 1);
             for _ in 0..per {
-                let size = 16 + r.below(1009) as usize;
+                let size = log_uniform(&mut r, 16, 256 << 10);
                 let p = c_malloc(size);
                 // SAFETY: fresh block of `size` >= 16 bytes.
                 unsafe { p.cast::<usize>().write(size) };
@@ -170,8 +220,9 @@ pub fn prodcons(pairs: usize, scale: f64) {
 // ------------------------------------------------------------------ (c) larson
 
 /// (c) Larson-style server: `threads` threads each own an array of `slots` blocks and
-/// replace a random one with a block of random size (16..=1024 bytes, like the original)
-/// per operation. After each round the arrays rotate to the next thread, so blocks are
+/// replace a random one with a block of random size (log-uniform 16 B .. 64 KiB: the
+/// original's 16..1024 B plus the buffers a server also allocates) per operation, so
+/// lifetimes are random too (a block lives until its slot is picked again). After each round the arrays rotate to the next thread, so blocks are
 /// freed by other threads than the ones that allocated them. Prints `ns` per op per thread.
 pub fn larson(threads: usize, scale: f64) {
     const SLOTS: usize = 1000;
@@ -187,7 +238,7 @@ pub fn larson(threads: usize, scale: f64) {
             let mut r = Rng::new((round * 131 + t) as u64 + 7);
             for _ in 0..ops {
                 let i = r.below(SLOTS as u64) as usize;
-                let size = 16 + r.below(1009) as usize;
+                let size = log_uniform(&mut r, 16, 64 << 10);
                 let p = c_malloc(size);
                 // SAFETY: fresh block of at least 16 bytes.
                 unsafe { p.write_bytes(i as u8, 16) };
@@ -268,4 +319,66 @@ pub fn fragmentation(scale: f64) {
     }
     println!("frag {}", secs * 1e9 / ops as f64);
     println!("peak_rss {rss}");
+}
+
+// ------------------------------------------------------------------ (e) cache-scratch
+
+/// (e) Passive false sharing (Hoard's cache-scratch): the main thread allocates one 8-byte
+/// object per thread (neighbours in memory under most allocators) and hands them out; each
+/// thread frees its object, then `iters` times allocates an 8-byte object, writes it 100
+/// times and frees it. An allocator that gives a thread the freed object of another thread
+/// (or its neighbour) makes threads write the same cache line. Prints `ns` per iteration.
+pub fn scratch(threads: usize, scale: f64) {
+    let iters = (500_000.0 * scale) as usize;
+    let handed: Vec<AtomicUsize> = (0..threads)
+        .map(|_| AtomicUsize::new(c_malloc(8) as usize))
+        .collect();
+    let secs = timed_threads(threads, |t| {
+        c_free(handed[t].load(Ordering::Relaxed) as *mut u8);
+        for _ in 0..iters {
+            let p = c_malloc(8);
+            for i in 0..100u64 {
+                // SAFETY: p is a live 8-byte block; volatile so every write reaches memory.
+                unsafe { p.cast::<u64>().write_volatile(i) };
+            }
+            c_free(p);
+        }
+    });
+    println!("scratch {}", secs * 1e9 / iters as f64);
+    println!("peak_rss {}", peak_rss());
+}
+
+// ------------------------------------------------------------------ (f) large blocks
+
+/// (f) Large allocations: `threads` threads each keep 8 blocks and replace a random one per
+/// operation with a block of log-uniform random size in 64 KiB .. 32 MiB, writing one byte
+/// per 4 KiB page (so every page is resident, as in a program that fills its buffers).
+/// Prints `ns` per operation and `peak_rss`.
+pub fn large(threads: usize, scale: f64) {
+    const SLOTS: usize = 8;
+    let ops = (4_000.0 * scale) as usize;
+    let secs = timed_threads(threads, |t| {
+        let mut r = Rng::new(t as u64 + 99);
+        let mut slots = [std::ptr::null_mut::<u8>(); SLOTS];
+        for _ in 0..ops {
+            let i = r.below(SLOTS as u64) as usize;
+            if !slots[i].is_null() {
+                c_free(slots[i]);
+            }
+            let size = log_uniform(&mut r, 64 << 10, 32 << 20);
+            let p = c_malloc(size);
+            for off in (0..size).step_by(4096) {
+                // SAFETY: inside the fresh block of `size` bytes.
+                unsafe { p.add(off).write(1) };
+            }
+            slots[i] = p;
+        }
+        for p in slots {
+            if !p.is_null() {
+                c_free(p);
+            }
+        }
+    });
+    println!("large {}", secs * 1e9 / ops as f64);
+    println!("peak_rss {}", peak_rss());
 }

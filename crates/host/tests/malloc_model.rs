@@ -154,14 +154,22 @@ fn foreign_and_interior_pointers_are_rejected_and_ignored() {
         malloc::check_live(p.wrapping_add(16)),
         Err(PointerError::Interior(p as usize + 16))
     );
-    let big = malloc::malloc(1 << 20);
+    // Medium objects (up to 1 MiB) are objects of a span, like small ones.
+    let medium = malloc::malloc(1 << 20);
     assert_eq!(
-        malloc::check_live(big.wrapping_add(4096)),
-        Err(PointerError::NotOurs(big as usize + 4096))
+        malloc::check_live(medium.wrapping_add(4096)),
+        Err(PointerError::Interior(medium as usize + 4096))
     );
-    // SAFETY: both are live.
+    // Inside a large block only its first granule is mapped.
+    let big = malloc::malloc(2 << 20);
+    assert_eq!(
+        malloc::check_live(big.wrapping_add(1 << 20)),
+        Err(PointerError::NotOurs(big as usize + (1 << 20)))
+    );
+    // SAFETY: all three are live.
     unsafe {
         malloc::free(p);
+        malloc::free(medium);
         malloc::free(big);
     }
 }

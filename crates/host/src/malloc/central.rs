@@ -8,7 +8,7 @@
 //! (its pages then follow the purge policy).
 
 use super::arena::{self, GRANULE_ORDER, Owner};
-use super::size_class::{CLASS_SIZE, NUM_CLASSES, batch_size, span_order};
+use super::size_class::{CLASS_SIZE, NUM_CLASSES, batch_size, span_bytes};
 use super::span::{Node, Span};
 use super::stats::STATS;
 use crate::os::Lock;
@@ -17,6 +17,23 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// Full batches a class may park in its transfer slots.
 const TRANSFER_SLOTS: usize = 16;
+/// Bytes a class may park: a bound on the memory the transfer slots keep out of the page
+/// heap (and so out of the purge policy's reach), 1 MiB per class.
+const PARK_BYTES: usize = 1 << 20;
+
+/// Batches `class` may park: [`TRANSFER_SLOTS`], fewer where its batches are large (medium
+/// classes: 4 batches of 256 KiB down to one batch of one 1 MiB object).
+const fn park_limit(class: usize) -> usize {
+    let batch = batch_size(class) as usize * CLASS_SIZE[class] as usize;
+    let n = PARK_BYTES / batch;
+    if n < 1 {
+        1
+    } else if n > TRANSFER_SLOTS {
+        TRANSFER_SLOTS
+    } else {
+        n
+    }
+}
 
 /// A chain of `len` objects linked through their first word, `tail.next` unspecified.
 #[derive(Clone, Copy, Debug)]
@@ -115,7 +132,7 @@ pub(crate) unsafe fn give(class: usize, chain: Chain) {
         return;
     }
     let mut c = CENTRAL[class].0.lock();
-    if chain.len == batch_size(class) && c.parked < TRANSFER_SLOTS {
+    if chain.len == batch_size(class) && c.parked < park_limit(class) {
         let i = c.parked;
         c.transfer[i] = chain;
         c.parked += 1;
@@ -192,16 +209,16 @@ fn unlink(c: &mut CentralInner, span: *mut Span) {
 
 /// A fresh span for `class` from the page heap, its pagemap entries published.
 fn new_span(class: usize) -> Option<*mut Span> {
-    let k = span_order(class);
-    let granules = 1usize << (k - GRANULE_ORDER);
-    let (a, addr) = arena::alloc_block(1 << k)?;
+    let bytes = span_bytes(class);
+    let granules = bytes >> GRANULE_ORDER;
+    let (a, addr) = arena::alloc_block(bytes)?;
     let record = a.span_record(addr);
     // SAFETY: the record slot of a block just allocated is unused; the class lock we hold
     // guards it from now on.
-    unsafe { (*record).init(addr, k, CLASS_SIZE[class]) };
+    unsafe { (*record).init(addr, bytes, CLASS_SIZE[class]) };
     a.set_pagemap(addr, granules, record as usize | (class + 1));
     STATS.spans.fetch_add(1, Relaxed);
-    STATS.span_bytes.fetch_add(1 << k, Relaxed);
+    STATS.span_bytes.fetch_add(bytes, Relaxed);
     Some(record)
 }
 
@@ -210,9 +227,8 @@ fn release_span(s: &mut Span) {
         return;
     };
     STATS.spans.fetch_sub(1, Relaxed);
-    STATS.span_bytes.fetch_sub(1 << s.order, Relaxed);
-    let granules = 1 << (s.order as u32 - GRANULE_ORDER);
-    arena::free_block(arena, s.start, 1 << s.order, granules);
+    STATS.span_bytes.fetch_sub(s.bytes(), Relaxed);
+    arena::free_block(arena, s.start, s.bytes(), s.granules as usize);
 }
 
 /// Raw lock/unlock of every central list, for the `fork` handlers.

@@ -1,9 +1,13 @@
-//! Large allocations (above the size classes, up to [`LARGE_MAX`]): one exact page-heap
-//! allocation each, rounded up to whole 8 KiB granules (not to a power of two: the buddy
-//! gives the unused tail back at once) and aligned to the next power of two of its size.
-//! Huge ones are mapped directly.
+//! Large allocations (above the size classes, 1 MiB, up to [`LARGE_MAX`]): one exact
+//! page-heap allocation each, rounded up to an eighth of the power of two below the size
+//! (at most 12.5% more; not to a power of two: the buddy gives the unused tail back at once)
+//! and aligned to the next power of two of its size. The rounding makes freed blocks fit
+//! later requests of similar sizes, so the thread's large-block cache serves them.
+//! Huge ones (above [`LARGE_MAX`]) are mapped directly: at 64 MiB, touching the memory
+//! costs milliseconds of page faults, and the two system calls are noise against that.
 
 use super::arena::{self, GRANULE_ORDER, LARGE_TAG};
+use super::span_cache;
 use super::stats::STATS;
 use super::thread_cache;
 use crate::os;
@@ -16,8 +20,10 @@ pub const LARGE_MAX: usize = 64 << 20;
 /// alignment above the size's own power of two takes a whole block of `align` bytes.
 #[inline]
 pub(crate) fn bytes_for(size: usize, align: usize) -> Option<usize> {
-    let g = 1usize << GRANULE_ORDER;
-    let bytes = size.max(1).checked_next_multiple_of(g)?;
+    let size = size.max(1);
+    // An eighth of the power of two below `size`, at least one granule.
+    let step = (1usize << (usize::BITS - 1 - size.leading_zeros())) / 8;
+    let bytes = size.checked_next_multiple_of(step.max(1 << GRANULE_ORDER))?;
     let bytes = if align > bytes.next_power_of_two() {
         align
     } else {
@@ -26,11 +32,18 @@ pub(crate) fn bytes_for(size: usize, align: usize) -> Option<usize> {
     (bytes <= LARGE_MAX).then_some(bytes)
 }
 
-/// Allocates `bytes` (from [`bytes_for`]): a block the thread cached if it has one of this
-/// size, else from the page heap; null when the OS refuses memory.
+/// Allocates `bytes` (from [`bytes_for`]): a block the thread cached if it has one that
+/// fits, else one from the central span cache, else from the page heap; null when the OS
+/// refuses memory. A cached block keeps its pagemap entry (its real size) while cached.
 pub(crate) fn alloc(bytes: usize) -> *mut u8 {
-    if let Some(p) = thread_cache::take_large(bytes) {
+    if let Some((p, _)) = thread_cache::take_large(bytes) {
         return p;
+    }
+    let mut evicted = ([(0, 0); span_cache::SLOTS + 1], 0);
+    let hit = span_cache::take(bytes, &mut evicted);
+    to_heap(&evicted);
+    if let Some((addr, _)) = hit {
+        return addr as *mut u8;
     }
     let Some((a, addr)) = arena::alloc_block(bytes) else {
         return std::ptr::null_mut();
@@ -41,13 +54,34 @@ pub(crate) fn alloc(bytes: usize) -> *mut u8 {
     addr as *mut u8
 }
 
-/// Frees the large block at `p`: into the thread's large-block cache (up to 4 blocks, 8 MiB),
-/// which may evict another block to the page heap, or to the page heap directly.
+/// Frees the large block at `p`: into the thread's large-block cache (up to 4 blocks, 16 MiB),
+/// which may evict another block to the central span cache, or to that cache directly.
 ///
 /// # Safety
 /// `p` is a live large block of `granules` granules, not used afterwards.
 pub(crate) unsafe fn free(p: *mut u8, granules: usize) {
     if let Some((addr, bytes)) = thread_cache::keep_large(p as usize, granules << GRANULE_ORDER) {
+        release(addr, bytes);
+    }
+}
+
+/// Gives a free large block to the central span cache (which passes older or decayed
+/// blocks on to the page heap).
+pub(crate) fn release(addr: usize, bytes: usize) {
+    let mut evicted = ([(0, 0); span_cache::SLOTS + 1], 0);
+    span_cache::put(addr, bytes, &mut evicted);
+    to_heap(&evicted);
+}
+
+/// Empties the central span cache into the page heap.
+pub(crate) fn drain_span_cache() {
+    let mut evicted = ([(0, 0); span_cache::SLOTS + 1], 0);
+    span_cache::drain(&mut evicted);
+    to_heap(&evicted);
+}
+
+fn to_heap(evicted: &span_cache::Evicted) {
+    for &(addr, bytes) in &evicted.0[..evicted.1] {
         free_to_heap(addr, bytes);
     }
 }

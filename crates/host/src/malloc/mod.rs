@@ -10,9 +10,13 @@
 //!   slots of whole batches) behind one lock.
 //! - [`thread_cache`]: per-thread LIFO lists per class, refilled and drained in batches; the
 //!   only path taken by most calls, lock-free, and also where frees from other threads land.
-//! - [`large`]: requests above 32 KiB take an exact page-heap allocation (whole granules); above
-//!   64 MiB they are mapped directly (huge) and unmapped on free.
-//! - [`purge`]: free page-heap memory returns to the OS after it stayed free for a second.
+//! - [`size_class`]: 41 small classes up to 32 KiB and 20 medium ones up to 1 MiB, all on the
+//!   same thread-cache path.
+//! - [`large`]: requests above 1 MiB take an exact page-heap allocation (whole granules),
+//!   reused through the thread's few cached blocks and the central [`span_cache`] of recently
+//!   freed blocks; above 64 MiB they are mapped directly (huge) and unmapped on free.
+//! - [`purge`]: free page-heap memory returns to the OS after it stayed free for a second;
+//!   the span cache hands its blocks to the page heap after a second too.
 //! - this module: the `malloc` family; [`CoalesceAlloc`] implements `GlobalAlloc`.
 //!
 //! Nothing here allocates through a heap: all metadata is mmapped, so the same code serves
@@ -26,6 +30,7 @@ mod large;
 pub mod purge;
 pub mod size_class;
 mod span;
+mod span_cache;
 mod stats;
 mod thread_cache;
 mod tls;
@@ -201,11 +206,12 @@ pub fn stats() -> MallocStats {
 
 /// Returns all cached memory that can go back to the OS now, regardless of the purge delay:
 /// the calling thread's cache and the central transfer slots go back to their spans (spans
-/// that become empty go back to the page heap), then every free page-heap granule is purged.
-/// Other threads' caches are untouched.
+/// that become empty go back to the page heap), the span cache goes to the page heap, then
+/// every free page-heap granule is purged. Other threads' caches are untouched.
 pub fn purge_all() {
     thread_cache::flush_current_thread();
     central::drain_all();
+    large::drain_span_cache();
     for a in arena::arenas() {
         let mut heap = a.heap.lock();
         let heap = &mut *heap;

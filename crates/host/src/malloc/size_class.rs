@@ -1,17 +1,26 @@
-//! Size classes of the small-object path. Pure arithmetic, computed at compile time.
+//! Size classes of the thread-cached path. Pure arithmetic, computed at compile time.
 //!
 //! Classes: 8, then multiples of 16 up to 128, then four classes per doubling (spacing of a
-//! quarter of the lower power of two) up to [`SMALL_MAX`] = 32 KiB: 41 classes. Rounding waste
-//! is at most 25% of a request above 128 bytes (jemalloc and tcmalloc use the same spacing).
+//! quarter of the lower power of two) up to [`SMALL_MAX`] = 32 KiB (41 *small* classes), and
+//! on in the same spacing up to [`MEDIUM_MAX`] = 1 MiB (20 *medium* classes, 40 KiB ..
+//! 1 MiB, all multiples of the 8 KiB granule): 61 classes. Rounding waste is at most 25% of a
+//! request above 128 bytes (jemalloc and tcmalloc use the same spacing).
 //! Every class above 8 bytes is a multiple of 16, so every object is 16-byte aligned; objects
 //! are carved at multiples of their size from a span aligned to at least 8 KiB, so a class
 //! whose size is a multiple of `2^k` (for `2^k` <= 4096) also gives `2^k` alignment.
 
-/// Largest request served by size classes; larger ones take whole page-heap blocks.
+/// Largest request of the small classes (served by lookup tables, spans of >= 8 objects
+/// up to 2 KiB).
 pub const SMALL_MAX: usize = 32 * 1024;
 
-/// Number of size classes.
-pub const NUM_CLASSES: usize = count_classes();
+/// Largest request served by size classes; larger ones take whole page-heap blocks.
+pub const MEDIUM_MAX: usize = 1 << 20;
+
+/// Number of size classes (small and medium).
+pub const NUM_CLASSES: usize = count_classes(MEDIUM_MAX);
+
+/// Index of the first medium class (40 KiB); classes below it are small.
+pub const FIRST_MEDIUM: usize = count_classes(SMALL_MAX);
 
 const fn class_size_at(i: usize) -> usize {
     if i == 0 {
@@ -25,9 +34,10 @@ const fn class_size_at(i: usize) -> usize {
     }
 }
 
-const fn count_classes() -> usize {
+/// Classes up to and including the one of size `max`.
+const fn count_classes(max: usize) -> usize {
     let mut i = 0;
-    while class_size_at(i) < SMALL_MAX {
+    while class_size_at(i) < max {
         i += 1;
     }
     i + 1
@@ -65,16 +75,28 @@ const fn build_lookup<const N: usize>(step: usize, n: usize) -> [u8; N] {
 }
 
 /// The class of a request of `size` bytes with the default (16-byte) alignment, or `None`
-/// above [`SMALL_MAX`].
+/// above [`MEDIUM_MAX`].
 #[inline]
 pub fn class_of(size: usize) -> Option<usize> {
     if size <= 1024 {
         Some(SMALL_LOOKUP[(size + 7) >> 3] as usize)
     } else if size <= SMALL_MAX {
         Some(LARGE_LOOKUP[(size + 127) >> 7] as usize)
+    } else if size <= MEDIUM_MAX {
+        Some(medium_class(size))
     } else {
         None
     }
+}
+
+/// The medium class of `size` in `(SMALL_MAX, MEDIUM_MAX]`: with `s = size - 1` and `k` its
+/// highest set bit, the quarter-steps of `2^k` above `2^k` give the index within the doubling.
+#[inline]
+fn medium_class(size: usize) -> usize {
+    let s = size - 1;
+    let k = (usize::BITS - 1 - s.leading_zeros()) as usize; // 15..=19
+    let quarter = (s >> (k - 2)) - 4; // 0..=3
+    FIRST_MEDIUM + (k - 15) * 4 + quarter
 }
 
 /// The class that serves `size` bytes at alignment `align` (a power of two): the smallest
@@ -92,25 +114,42 @@ pub fn class_for(size: usize, align: usize) -> Option<usize> {
     (c..NUM_CLASSES).find(|&c| (CLASS_SIZE[c] as usize).is_multiple_of(align))
 }
 
-/// Page-heap order (log2 bytes) of the spans a class is carved from: at least 8 KiB (one
-/// granule), room for at least 8 objects up to 2 KiB and for at least 2 above. Small spans
-/// empty out (and return to the page heap, where any size can reuse them) far more often
-/// than large ones when a program keeps a scattered few objects alive; the bigger classes
-/// cost a microsecond to fill anyway, so carving them from small spans costs little.
-pub const fn span_order(class: usize) -> u32 {
+/// Bytes of the page-heap blocks a class is carved from (a multiple of the 8 KiB granule).
+///
+/// Small classes: a power of two, at least one granule, with room for at least 8 objects up
+/// to 2 KiB and for at least 2 above. Small spans empty out (and return to the page heap,
+/// where any size can reuse them) far more often than large ones when a program keeps a
+/// scattered few objects alive; the bigger classes cost a microsecond to fill anyway, so
+/// carving them from small spans costs little.
+///
+/// Medium classes (multiples of the granule): the fewest whole objects that reach
+/// [`MEDIUM_SPAN`], so no byte of the span is wasted; from 256 KiB up a span is one object.
+pub const fn span_bytes(class: usize) -> usize {
     let size = CLASS_SIZE[class] as usize;
+    if class >= FIRST_MEDIUM {
+        return size * MEDIUM_SPAN.div_ceil(size);
+    }
     let need = size * if size <= 2048 { 8 } else { 2 };
     let mut k = 13;
     while (1usize << k) < need {
         k += 1;
     }
-    k
+    1 << k
 }
 
-/// Objects moved per transfer between a thread cache and the central list: as many as fit
-/// in 64 KiB, clamped to 2..=64 (tcmalloc's rule with a higher cap).
+/// Target span size of the medium classes.
+pub const MEDIUM_SPAN: usize = 256 << 10;
+
+/// Objects moved per transfer between a thread cache and the central list. Small classes:
+/// as many as fit in 64 KiB, clamped to 2..=64 (tcmalloc's rule with a higher cap). Medium
+/// classes: as many as fit in 256 KiB, at least 1 (a batch is at most about one span).
 pub const fn batch_size(class: usize) -> u32 {
-    let n = 65536 / CLASS_SIZE[class];
+    let size = CLASS_SIZE[class];
+    if class >= FIRST_MEDIUM {
+        let n = (MEDIUM_SPAN as u32) / size;
+        return if n < 1 { 1 } else { n };
+    }
+    let n = 65536 / size;
     if n < 2 {
         2
     } else if n > 64 {
@@ -125,9 +164,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classes_are_increasing_aligned_and_end_at_small_max() {
-        assert_eq!(NUM_CLASSES, 41);
-        assert_eq!(CLASS_SIZE[NUM_CLASSES - 1] as usize, SMALL_MAX);
+    fn classes_are_increasing_aligned_and_end_at_medium_max() {
+        assert_eq!(FIRST_MEDIUM, 41);
+        assert_eq!(NUM_CLASSES, 61);
+        assert_eq!(CLASS_SIZE[FIRST_MEDIUM - 1] as usize, SMALL_MAX);
+        assert_eq!(CLASS_SIZE[NUM_CLASSES - 1] as usize, MEDIUM_MAX);
+        // Medium objects are whole granules, so spans of them waste nothing.
+        assert!(CLASS_SIZE[FIRST_MEDIUM..].iter().all(|s| s % 8192 == 0));
         for w in CLASS_SIZE.windows(2) {
             assert!(w[0] < w[1]);
             let waste = (w[1] - w[0]) as f64 / w[1] as f64;
@@ -138,7 +181,14 @@ mod tests {
 
     #[test]
     fn lookup_gives_the_smallest_fitting_class_for_every_size() {
-        for size in 0..=SMALL_MAX {
+        let medium = (SMALL_MAX..=MEDIUM_MAX).step_by(509);
+        let edges = CLASS_SIZE
+            .iter()
+            .flat_map(|&s| [s as usize - 1, s as usize, s as usize + 1]);
+        for size in (0..=SMALL_MAX).chain(medium).chain(edges) {
+            if size > MEDIUM_MAX {
+                continue;
+            }
             let c = class_of(size).unwrap();
             assert!(CLASS_SIZE[c] as usize >= size, "size {size}");
             assert!(
@@ -146,18 +196,18 @@ mod tests {
                 "size {size}"
             );
         }
-        assert_eq!(class_of(SMALL_MAX + 1), None);
+        assert_eq!(class_of(MEDIUM_MAX + 1), None);
     }
 
     #[test]
     fn aligned_classes_are_multiples_of_the_alignment() {
         for align in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096] {
-            for size in (0..=SMALL_MAX).step_by(7) {
+            for size in (0..=MEDIUM_MAX).step_by(7) {
                 if let Some(c) = class_for(size, align) {
                     let s = CLASS_SIZE[c] as usize;
                     assert!(s >= size && (s.is_multiple_of(align) || (align <= 8 && c == 0)));
-                    let span = 1usize << span_order(c);
-                    assert!(span.is_multiple_of(align));
+                    let span = span_bytes(c);
+                    assert!(span.is_multiple_of(align) && span.is_multiple_of(8192));
                 }
             }
         }
@@ -167,9 +217,24 @@ mod tests {
     #[test]
     fn spans_hold_enough_objects_and_batches_are_bounded() {
         for (c, &size) in CLASS_SIZE.iter().enumerate() {
-            let per_span = (1usize << span_order(c)) / size as usize;
-            assert!(per_span >= if size <= 2048 { 8 } else { 2 });
-            assert!((2..=64).contains(&batch_size(c)));
+            let per_span = span_bytes(c) / size as usize;
+            if c < FIRST_MEDIUM {
+                assert!(per_span >= if size <= 2048 { 8 } else { 2 });
+                assert!((2..=64).contains(&batch_size(c)));
+            } else {
+                assert_eq!(
+                    span_bytes(c) % size as usize,
+                    0,
+                    "medium spans waste nothing"
+                );
+                assert!(span_bytes(c) >= MEDIUM_SPAN && per_span <= 7);
+                let batch = batch_size(c) as usize;
+                assert!(
+                    batch >= 1
+                        && batch <= per_span.max(1)
+                        && batch * size as usize <= MEDIUM_SPAN.max(size as usize)
+                );
+            }
         }
     }
 }

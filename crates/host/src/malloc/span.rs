@@ -31,14 +31,16 @@ pub(crate) struct Span {
     pub(crate) next: *mut Span,
     pub(crate) obj_size: u32,
     pub(crate) used: u32,
-    pub(crate) order: u8,
+    /// Length of the span in page-heap granules.
+    pub(crate) granules: u32,
     pub(crate) on_partial: bool,
 }
 
 impl Span {
-    /// Resets the record for a fresh span of `order` carved into `obj_size` objects.
-    pub(crate) fn init(&mut self, start: usize, order: u32, obj_size: u32) {
-        let n = (1usize << order) / obj_size as usize;
+    /// Resets the record for a fresh span of `bytes` (whole granules) carved into
+    /// `obj_size` objects.
+    pub(crate) fn init(&mut self, start: usize, bytes: usize, obj_size: u32) {
+        let n = bytes / obj_size as usize;
         *self = Span {
             start,
             limit: start + n * obj_size as usize,
@@ -48,9 +50,15 @@ impl Span {
             next: ptr::null_mut(),
             obj_size,
             used: 0,
-            order: order as u8,
+            granules: (bytes >> super::arena::GRANULE_ORDER) as u32,
             on_partial: false,
         };
+    }
+
+    /// Bytes of the span.
+    #[inline]
+    pub(crate) fn bytes(&self) -> usize {
+        (self.granules as usize) << super::arena::GRANULE_ORDER
     }
 
     /// Whether an object can still be taken from this span.

@@ -37,6 +37,8 @@ pub struct MallocStats {
     pub huge_bytes: usize,
     /// Free page-heap bytes not yet returned to the OS.
     pub dirty_free_bytes: u64,
+    /// Free large blocks held by the central span cache (also dirty, not in the page heap).
+    pub span_cache_bytes: usize,
     /// Bytes returned to the OS with madvise so far.
     pub purged_bytes: u64,
 }
@@ -49,6 +51,7 @@ pub(crate) fn snapshot() -> MallocStats {
         large_bytes: STATS.large_bytes.load(Relaxed),
         huge_mappings: STATS.huge_mappings.load(Relaxed),
         huge_bytes: STATS.huge_bytes.load(Relaxed),
+        span_cache_bytes: super::span_cache::cached_bytes(),
         ..MallocStats::default()
     };
     for a in super::arena::arenas() {

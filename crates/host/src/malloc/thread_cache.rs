@@ -4,8 +4,11 @@
 //! through their first word. `malloc` pops, `free` pushes — whichever thread allocated the
 //! object, so a free from another thread takes no lock either. A list that runs dry takes a
 //! batch from the central list; one that grows past two batches gives its top batch back.
-//! Both are single lock operations per batch. A few freed large blocks are kept too, so
-//! malloc/free loops of large sizes do not split and merge page-heap blocks every time.
+//! Both are single lock operations per batch. The same holds for the medium classes (40 KiB
+//! .. 1 MiB); their lists also share a byte budget ([`MEDIUM_CACHE_BYTES`]), so a thread
+//! never sits on more than that much medium memory. A few freed large blocks are kept too
+//! ([`LARGE_CACHE_BYTES`]), so malloc/free loops of large sizes do not split and merge
+//! page-heap blocks every time.
 //!
 //! # Thread-local state inside a malloc
 //!
@@ -23,7 +26,7 @@
 //! every cached object back to the central lists and returns the cache to the pool.
 
 use super::central::{self, Chain};
-use super::size_class::{NUM_CLASSES, batch_size};
+use super::size_class::{CLASS_SIZE, FIRST_MEDIUM, NUM_CLASSES, batch_size};
 use super::span::Node;
 use super::tls;
 use crate::os::{self, Lock, ThreadExitKey};
@@ -58,14 +61,21 @@ struct List {
     max: u32,
 }
 
-/// Large blocks a thread keeps for reuse, and their byte budget.
+/// Large blocks a thread keeps for reuse.
 const LARGE_SLOTS: usize = 4;
-const LARGE_CACHE_BYTES: usize = 8 << 20;
+/// Bytes of the large blocks a thread keeps together (so also the largest block it keeps);
+/// the rest goes to the central span cache.
+pub const LARGE_CACHE_BYTES: usize = 16 << 20;
+/// Bytes of medium objects a thread's lists may hold together; a free that goes above it
+/// gives batches back until the lists hold at most three quarters of it.
+pub const MEDIUM_CACHE_BYTES: usize = 4 << 20;
 
 /// One thread's cache of free objects, by size class, and of a few large blocks.
 #[repr(C)]
 pub(crate) struct ThreadCache {
     lists: [List; NUM_CLASSES],
+    /// Bytes of the objects on the medium lists (`lists[FIRST_MEDIUM..]`).
+    medium_bytes: usize,
     /// `(address, bytes)` of cached large blocks; address 0 = empty slot.
     large: [(usize, usize); LARGE_SLOTS],
     large_bytes: usize,
@@ -83,15 +93,19 @@ pub(crate) fn alloc(class: usize) -> *mut u8 {
     let tc = CACHE.get();
     if tc as usize > DEAD {
         // SAFETY: a non-sentinel slot points at this thread's live cache, used only by it.
-        let l = unsafe { &mut (*tc).lists[class] };
+        let t = unsafe { &mut *tc };
+        let l = &mut t.lists[class];
         if l.len != 0 {
             let n = l.head;
             // SAFETY: the first `len` nodes of the list are free objects owned by this cache.
             l.head = unsafe { (*n).next };
             l.len -= 1;
+            if class >= FIRST_MEDIUM {
+                t.medium_bytes -= CLASS_SIZE[class] as usize;
+            }
             return n.cast();
         }
-        return refill(l, class);
+        return refill(t, class);
     }
     alloc_slow(tc, class)
 }
@@ -105,14 +119,24 @@ pub(crate) unsafe fn free(p: *mut u8, class: usize) {
     let tc = CACHE.get();
     if tc as usize > DEAD {
         // SAFETY: as in `alloc`.
-        let l = unsafe { &mut (*tc).lists[class] };
+        let t = unsafe { &mut *tc };
+        let l = &mut t.lists[class];
         let n = p.cast::<Node>();
         // SAFETY: p is a dead object of at least 8 bytes, now owned by this cache.
         unsafe { (*n).next = l.head };
         l.head = n;
         l.len += 1;
+        // Every slow action is a tail call, so the small-object path needs no saved
+        // registers (a push and pop of three of them cost ~1 ns per free).
+        if class >= FIRST_MEDIUM {
+            t.medium_bytes += CLASS_SIZE[class] as usize;
+            if t.medium_bytes > MEDIUM_CACHE_BYTES || t.lists[class].len > t.lists[class].max {
+                return freed_medium(t, class);
+            }
+            return;
+        }
         if l.len > l.max {
-            release_batch(l, class);
+            release_batch(t, class);
         }
         return;
     }
@@ -122,27 +146,32 @@ pub(crate) unsafe fn free(p: *mut u8, class: usize) {
 
 // ------------------------------------------------------------------ large blocks
 
-/// A cached large block of exactly `bytes` bytes, if this thread has one. Blocks of one size
-/// all have the same (power-of-two) alignment, so any of them serves the request.
+/// A cached large block of at least `bytes` and at most `bytes * 5 / 4` bytes (the best
+/// fit), if this thread has one, with its size. Large blocks are aligned to the next power
+/// of two of their size, so any block that is large enough is aligned enough.
 #[inline]
-pub(crate) fn take_large(bytes: usize) -> Option<*mut u8> {
+pub(crate) fn take_large(bytes: usize) -> Option<(*mut u8, usize)> {
     let tc = CACHE.get();
     if tc as usize <= DEAD {
         return None;
     }
     // SAFETY: this thread's live cache.
     let tc = unsafe { &mut *tc };
-    let slot = tc.large.iter_mut().find(|s| s.0 != 0 && s.1 == bytes)?;
-    let addr = std::mem::take(&mut slot.0);
-    tc.large_bytes -= bytes;
-    Some(addr as *mut u8)
+    let slot = tc
+        .large
+        .iter_mut()
+        .filter(|s| s.0 != 0 && s.1 >= bytes && s.1 <= bytes + bytes / 4)
+        .min_by_key(|s| s.1)?;
+    let (addr, size) = std::mem::take(slot);
+    tc.large_bytes -= size;
+    Some((addr as *mut u8, size))
 }
 
 /// Offers a freed large block to this thread's cache. Returns the blocks the caller must give
 /// back to the page heap: the block itself if it was not kept, or a block evicted for it.
 pub(crate) fn keep_large(addr: usize, bytes: usize) -> Option<(usize, usize)> {
     let tc = CACHE.get();
-    if tc as usize <= DEAD || bytes > LARGE_CACHE_BYTES / 2 {
+    if tc as usize <= DEAD || bytes > LARGE_CACHE_BYTES {
         return Some((addr, bytes));
     }
     // SAFETY: this thread's live cache.
@@ -173,24 +202,58 @@ pub(crate) fn keep_large(addr: usize, bytes: usize) -> Option<(usize, usize)> {
 
 // ------------------------------------------------------------------ batch transfers
 
+/// Fills the empty list of `class` with a batch from the central list; returns one object.
 #[cold]
-fn refill(l: &mut List, class: usize) -> *mut u8 {
+fn refill(t: &mut ThreadCache, class: usize) -> *mut u8 {
     let chain = central::take(class, batch_size(class));
     if chain.len == 0 {
         return ptr::null_mut();
     }
+    let l = &mut t.lists[class];
     // SAFETY: the chain's first `len` nodes are linked free objects now owned by us.
     l.head = unsafe { (*chain.head).next };
     l.len = chain.len - 1;
+    if class >= FIRST_MEDIUM {
+        t.medium_bytes += l.len as usize * CLASS_SIZE[class] as usize;
+    }
     chain.head.cast()
 }
 
-/// Gives the top batch of `l` back to the central list.
+/// Gives the top batch of the list of `class` back to the central list.
 #[cold]
-fn release_batch(l: &mut List, class: usize) {
+fn release_batch(t: &mut ThreadCache, class: usize) {
+    let l = &mut t.lists[class];
     let n = batch_size(class).min(l.len);
+    if class >= FIRST_MEDIUM {
+        t.medium_bytes -= n as usize * CLASS_SIZE[class] as usize;
+    }
     // SAFETY: a list of `len` objects; we detach the first `n` of them.
     unsafe { central::give(class, detach(l, n)) };
+}
+
+/// A medium object was pushed on its list (and counted in `medium_bytes`), and the list
+/// is past its limit or the medium lists past their byte budget.
+#[cold]
+fn freed_medium(t: &mut ThreadCache, class: usize) {
+    if t.lists[class].len > t.lists[class].max {
+        release_batch(t, class);
+    }
+    if t.medium_bytes > MEDIUM_CACHE_BYTES {
+        trim_medium(t, class);
+    }
+}
+
+/// The medium lists hold more than [`MEDIUM_CACHE_BYTES`]: gives batches back, first from
+/// `class` (the list just freed into), then from the largest classes, until they hold at
+/// most three quarters of it (hysteresis, so the next frees do not trim again at once).
+#[cold]
+fn trim_medium(t: &mut ThreadCache, class: usize) {
+    let target = MEDIUM_CACHE_BYTES / 4 * 3;
+    for c in std::iter::once(class).chain((FIRST_MEDIUM..NUM_CLASSES).rev()) {
+        while t.medium_bytes > target && t.lists[c].len > 0 {
+            release_batch(t, c);
+        }
+    }
 }
 
 /// Detaches the top `n` (1..=len) objects of `l` as a chain.
@@ -285,19 +348,16 @@ unsafe fn flush(tc: *mut ThreadCache) {
     for slot in &mut t.large {
         let (addr, bytes) = std::mem::take(slot);
         if addr != 0 {
-            super::large::free_to_heap(addr, bytes);
+            super::large::release(addr, bytes);
         }
     }
     t.large_bytes = 0;
     for class in 0..NUM_CLASSES {
-        // SAFETY: caller contract.
-        let l = unsafe { &mut (*tc).lists[class] };
-        while l.len > 0 {
-            let n = batch_size(class).min(l.len);
-            // SAFETY: detaching from a valid list; its objects are free and ours.
-            unsafe { central::give(class, detach(l, n)) };
+        while t.lists[class].len > 0 {
+            release_batch(t, class);
         }
     }
+    debug_assert_eq!(t.medium_bytes, 0);
 }
 
 /// Flushes the calling thread's cache (tests and statistics use it to settle counts).
@@ -358,6 +418,7 @@ fn pool_take() -> *mut ThreadCache {
     unsafe {
         tc.write(ThreadCache {
             lists,
+            medium_bytes: 0,
             large: [(0, 0); LARGE_SLOTS],
             large_bytes: 0,
             large_next: 0,
