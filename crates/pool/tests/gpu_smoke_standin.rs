@@ -35,7 +35,7 @@ fn gpu_smoke_passes_on_the_driver_standin_for_every_policy() {
         .args(["--threads", "2"])
         .env("LD_LIBRARY_PATH", path)
         .env("COALESCE_STANDIN_CAPACITY", "8GiB")
-        .env("COALESCE_STANDIN_STREAM_LAG_MS", "0.5")
+        .env("COALESCE_STANDIN_STREAM_LAG_MS", "0.05")
         .env("COALESCE_STANDIN_LEAK_CHECK", "abort")
         .output()
         .expect("run gpu_smoke");
