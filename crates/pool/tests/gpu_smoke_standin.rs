@@ -15,10 +15,13 @@ fn smoke_binary() -> Option<PathBuf> {
 }
 
 #[test]
-fn gpu_smoke_passes_on_the_driver_standin_for_every_policy() {
+fn gpu_smoke_passes_on_the_driver_standin() {
     use std::io::Write;
     let skip = |why: String| {
-        let _ = writeln!(std::io::stderr(), "skipping gpu_smoke on the stand-in: {why}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping gpu_smoke on the stand-in: {why}"
+        );
     };
     let Some(smoke) = smoke_binary() else {
         return skip("examples/gpu_smoke was not built (cargo test builds examples)".into());
@@ -43,7 +46,11 @@ fn gpu_smoke_passes_on_the_driver_standin_for_every_policy() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
     );
-    assert!(o.status.success(), "{}\n--- stdout\n{out}\n--- stderr\n{err}", o.status);
+    assert!(
+        o.status.success(),
+        "{}\n--- stdout\n{out}\n--- stderr\n{err}",
+        o.status
+    );
     let all = format!("{out}{err}");
     assert!(all.contains("gpu_smoke: all checks passed"), "{all}");
     for policy in policies {
@@ -52,5 +59,8 @@ fn gpu_smoke_passes_on_the_driver_standin_for_every_policy() {
             "{policy} was not checked:\n{all}"
         );
     }
-    assert!(all.contains("\"leaks\":0"), "the stand-in's exit report: {all}");
+    assert!(
+        all.contains("\"leaks\":0"),
+        "the stand-in's exit report: {all}"
+    );
 }
