@@ -218,6 +218,40 @@ class Sim(unittest.TestCase):
             else:
                 sys.modules["torch"] = saved
 
+    def test_10_real_torch_answers_from_the_pool(self):
+        """With torch installed (no GPU needed: the calls below are the patched ones), torch's
+        own functions return coalesce's figures, and torch's `_memory_viz` reads the snapshot
+        torch's `_dump_snapshot` wrote."""
+        try:
+            import torch
+            from torch.cuda import _memory_viz
+        except Exception as e:  # ImportError, or torch failing to load its libraries
+            self.skipTest(f"torch is not importable: {e}")
+        replaced = ct.patch_torch(torch)
+        try:
+            self.assertIn("memory_stats", replaced)
+            p = malloc(7 * MIB)
+            s = ct.memory_stats()
+            stats = torch.cuda.memory_stats()
+            self.assertEqual(stats["allocated_bytes.all.current"], s["allocated_bytes"])
+            self.assertEqual(stats["requested_bytes.all.allocated"], s["total_requested_bytes"])
+            self.assertEqual(torch.cuda.memory_allocated(), s["allocated_bytes"])
+            self.assertEqual(torch.cuda.max_memory_allocated(), s["peak_allocated_bytes"])
+            self.assertEqual(torch.cuda.memory_reserved(), s["reserved_bytes"])
+            self.assertEqual(torch.cuda.max_memory_reserved(), s["peak_reserved_bytes"])
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "snapshot.pickle")
+                torch.cuda.memory._dump_snapshot(path)
+                with open(path, "rb") as f:
+                    snap = pickle.load(f)
+            self.assertIn("total_reserved", _memory_viz.segsum(snap))
+            self.assertIn("MemoryViz.js", _memory_viz.segment_plot(snap))
+            free(p, 7 * MIB)
+            torch.cuda.reset_peak_memory_stats()
+            self.assertEqual(torch.cuda.max_memory_allocated(), ct.memory_stats()["allocated_bytes"])
+        finally:
+            ct.unpatch_torch()
+
 
 def fake_torch():
     """A stand-in `torch` whose memory functions fail as PyTorch's do under a pluggable

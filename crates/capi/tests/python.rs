@@ -19,6 +19,10 @@ fn python_test() -> Option<Command> {
         .env("COALESCE_LIB", lib_dir().join("libcoalesce.so"))
         .env_remove("COALESCE_POLICY")
         .env_remove("COALESCE_MEMORY_LIMIT");
+    // Where torch was installed for these tests (CI installs it; no GPU needed).
+    if let Some(site) = std::env::var_os("COALESCE_TORCH_SITE") {
+        c.env("PYTHONPATH", site);
+    }
     for (var, _) in std::env::vars_os() {
         if var.to_string_lossy().starts_with("COALESCE_STANDIN_") {
             c.env_remove(var);
@@ -27,14 +31,24 @@ fn python_test() -> Option<Command> {
     Some(c)
 }
 
+/// All ten tests passed; the one with real torch may be skipped when torch is not
+/// importable, which is said on stderr.
 fn check_passed(o: &std::process::Output) {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{}", text(o));
+    let ok = stderr.lines().any(|l| l == "OK");
+    let skipped = stderr.lines().any(|l| l == "OK (skipped=1)");
     assert!(
-        stderr.contains("Ran 9 tests") && stderr.lines().any(|l| l == "OK"),
+        stderr.contains("Ran 10 tests") && (ok || skipped),
         "{}",
         text(o)
     );
+    if skipped {
+        common::skip(
+            "torch is not importable (set COALESCE_TORCH_SITE to a site-packages holding it), \
+             so torch's own calls were checked on a stand-in torch module only",
+        );
+    }
 }
 
 #[test]
