@@ -127,5 +127,38 @@ fn the_wheel_installs_the_command_and_the_package_without_rust() {
         text(&o)
     );
     assert_eq!(lines[2], "sim");
+
+    // The same package on the CUDA backend, with the driver stand-in as libcuda on the loader
+    // path: the shipped library loads the driver at run time, as on a GPU.
+    match coalesce_cuda_standin_loader::ld_library_path() {
+        Ok(path) => {
+            let o = run(Command::new(venv.join("bin/python"))
+                .args([
+                    "-c",
+                    "import coalesce_torch as ct; lib = ct.load(); \
+                     p = lib.coalesce_malloc(3 << 20, 0, None); assert p, ct.last_error(); \
+                     s = ct.memory_stats(); print(s['backend'], s['requested_bytes']); \
+                     lib.coalesce_free(p, 3 << 20, 0, None)",
+                ])
+                .env("COALESCE_BACKEND", "cuda")
+                .env("LD_LIBRARY_PATH", path)
+                .env_remove("COALESCE_LIB")
+                .env_remove("PYTHONPATH")
+                .current_dir(&scratch));
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout).trim(),
+                format!("cuda {}", 3 << 20),
+                "{}",
+                text(&o)
+            );
+        }
+        Err(e) => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping the wheel on the CUDA backend: no driver stand-in ({e})"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&scratch);
 }
