@@ -11,7 +11,7 @@
 //! The stand-in is one per process and its fault switches are global, so the tests here take a
 //! lock and run one at a time.
 
-use coalesce_backend::cuda::CudaBackend;
+use coalesce_backend::cuda::{CudaBackend, DRIVER_SYMBOLS};
 use coalesce_backend::sim::{SimConfig, SimDevice};
 use coalesce_backend::{DriverCall, StreamId};
 use coalesce_cuda_standin_loader::{Controls, controls};
@@ -176,10 +176,20 @@ fn size_of(op: u64) -> u64 {
 #[derive(Debug, Default)]
 struct Run {
     errors: Vec<String>,
+    /// Driver functions called after the fault was armed (from the stand-in's counts).
+    called: Vec<&'static str>,
 }
 
-/// Runs the workload on a fresh pool, arming the fault `(function, k, code)` after `ARM` ops.
-fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
+/// Runs the workload on a fresh pool, arming the fault `(function, k, code)` after `ARM` ops
+/// (none: a probe run that only records which driver functions the workload calls).
+fn run(c: &Controls, policy: &str, fault: Option<(&str, u64, u32)>) -> Run {
+    let counts = || {
+        DRIVER_SYMBOLS
+            .iter()
+            .map(|f| c.calls(f).unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    let mut armed_at = Vec::new();
     const OPS: u64 = 160;
     const ARM: u64 = 40;
     // Leaks are counted from here: a failed run before must not fail every run after it.
@@ -191,11 +201,9 @@ fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
     let streams: Vec<StreamId> = owned.iter().map(|s| s.id()).collect();
     let mut held: Vec<Held> = Vec::new();
     let mut out = Run::default();
-    let what = |op| {
-        format!(
-            "{policy}, {}#{} -> {} at op {op}",
-            fault.0, fault.1, fault.2
-        )
+    let what = |op| match fault {
+        Some((f, k, code)) => format!("{policy}, {f}#{k} -> {code} at op {op}"),
+        None => format!("{policy}, no fault, at op {op}"),
     };
     let check_all = |held: &[Held], op| {
         for h in held {
@@ -205,7 +213,10 @@ fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
     let mut errors_checked = 0;
     for op in 0..OPS {
         if op == ARM {
-            assert!(c.fail_nth(fault.0, fault.1, fault.2), "arm {fault:?}");
+            armed_at = counts();
+            if let Some(fault) = fault {
+                assert!(c.fail_nth(fault.0, fault.1, fault.2), "arm {fault:?}");
+            }
         }
         let stream = streams[(op % 2) as usize];
         // About a dozen blocks live at a time.
@@ -250,6 +261,12 @@ fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
         }
     }
     check_all(&held, OPS);
+    out.called = DRIVER_SYMBOLS
+        .iter()
+        .zip(counts().into_iter().zip(armed_at))
+        .filter(|(_, (now, then))| now > then)
+        .map(|(&f, _)| f)
+        .collect();
     // Disarm what did not fire, then the pool must serve again and give everything back.
     c.reset();
     let after = pool
@@ -279,35 +296,21 @@ fn run(c: &Controls, policy: &str, fault: (&str, u64, u32)) -> Run {
     out
 }
 
-/// Every driver function the pool calls through the CUDA backend.
-const FUNCTIONS: &[&str] = &[
-    "cuMemAlloc_v2",
-    "cuMemFree_v2",
-    "cuMemAddressReserve",
-    "cuMemAddressFree",
-    "cuMemCreate",
-    "cuMemRelease",
-    "cuMemMap",
-    "cuMemUnmap",
-    "cuMemSetAccess",
-    "cuEventCreate",
-    "cuEventRecord",
-    "cuEventQuery",
-    "cuStreamWaitEvent",
-    "cuStreamSynchronize",
-    "cuCtxSynchronize",
-    "cuMemGetInfo_v2",
-    "cuCtxGetCurrent",
-    "cuCtxSetCurrent",
-];
-
 /// CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_UNKNOWN.
 const CODES: [u32; 3] = [1, 2, 999];
 
 fn faults_survived(policy: &str) {
     let Some((c, _guard)) = standin() else { return };
+    // The driver functions the pool calls during the workload, as the stand-in counted them
+    // in a run without faults: every one of them gets its faults.
+    let functions = run(c, policy, None).called;
+    // Every backend call enters the device's context, so the probe cannot miss that one.
+    assert!(
+        functions.contains(&"cuCtxSetCurrent") && functions.len() > 1,
+        "{policy}: the probe saw only {functions:?}"
+    );
     let mut fired = 0;
-    for function in FUNCTIONS {
+    for &function in &functions {
         for k in [1, 3] {
             for code in CODES {
                 assert!(
@@ -319,7 +322,7 @@ fn faults_survived(policy: &str) {
                     let line = format!("fault run: {policy} {function}#{k} -> {code}");
                     let _ = writeln!(std::io::stderr(), "{line}");
                 }
-                let r = run(c, policy, (function, k, code));
+                let r = run(c, policy, Some((function, k, code)));
                 for e in &r.errors {
                     assert!(
                         e.contains("out of memory") || e.contains("cu") || e.contains("CUDA"),

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 /// Every driver entry point the backend calls, directly or through cudarc. They are resolved
 /// up front because cudarc panics at the first call of a missing symbol: a driver too old for
 /// one of them must be an `Unavailable` error at start-up, never a panic mid-run.
-const SYMBOLS: &[&str] = &[
+pub const SYMBOLS: &[&str] = &[
     "cuInit",
     "cuGetErrorString",
     "cuDeviceGet",

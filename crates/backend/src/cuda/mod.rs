@@ -28,6 +28,9 @@ mod tests;
 
 pub use copy::{CudaError, CudaStream};
 pub use device::CudaBackend;
+/// Every driver function the backend resolves (and may call): the stand-in driver's tests and
+/// the fault-injection tests take their lists from here.
+pub use driver::SYMBOLS as DRIVER_SYMBOLS;
 
 /// Whether a CUDA driver with at least one device can be used: `Ok` or the reason it cannot.
 /// Loads the driver on first use (as [`CudaBackend::new`] does).
